@@ -1,0 +1,738 @@
+"""DQN on CartPole with a CLIP reward model (VLM-RM).
+
+Reproduces the CartPole experiment of "Vision-Language Models are Zero-Shot Reward Models for
+Reinforcement Learning" (Rocamonde et al., ICLR 2024): the agent never sees CartPole's reward.
+Each state it reaches is rendered, embedded by CLIP and compared with the embedding of a sentence
+("pole vertically upright on top of the cart"), sharpened by a baseline sentence ("pole and cart")
+through goal-baseline projection with weight alpha.
+
+    python dqn_clip_cartpole.py --alpha 0.5
+    python dqn_clip_cartpole.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
+    python dqn_clip_cartpole.py --reward ground-truth      # the RL half alone, no CLIP
+
+Read top to bottom: arguments, the environment (paper's changes + rendering at CLIP's input size),
+the CLIP reward, the replay buffer and the queue that batches frames through CLIP, the Q-network,
+the reward landscape and evaluation, then the training loop.
+"""
+
+import copy
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, CUDA is used when available (CLIP and the Q-network)"""
+    output_dir: str = "runs"
+    """folder that receives `<run name>/` with TensorBoard logs, figures, videos and the model"""
+    capture_video: bool = False
+    """if toggled, a greedy evaluation episode is saved as a GIF with the CLIP reward drawn on it"""
+    video_interval: int = 100_000
+    """environment steps between two evaluation videos (with `--capture-video`)"""
+    save_model: bool = False
+    """if toggled, the Q-network weights are saved to `<run>/<exp name>.cleanrl_model`"""
+
+    # Reward
+    reward: Literal["clip", "ground-truth"] = "clip"
+    """`clip`: the CLIP reward; `ground-truth`: 1 while the pole is upright, else 0 (no CLIP model is loaded)"""
+    prompt: tuple[str, ...] = ("pole vertically upright on top of the cart",)
+    """goal prompt(s); several are averaged into one goal embedding"""
+    baseline_prompt: tuple[str, ...] = ("pole and cart",)
+    """baseline prompt(s) for goal-baseline projection; several are averaged"""
+    alpha: float = 0.0
+    """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
+    clip_model: str = "ViT-bigG-14"
+    """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14)"""
+    clip_pretrained: str = "laion2b_s39b_b160k"
+    """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """CLIP image-encoder precision; `auto` measures each on the landscape frames and takes the fastest that stays faithful to fp32"""
+    clip_batch_size: int = 256
+    """most frames per CLIP forward pass; frames of all envs and several steps are queued and scored together"""
+    landscape_points: int = 41
+    """pole angles in the reward-landscape sweep made before training (also used to choose `auto` precision)"""
+
+    # Environment
+    num_envs: int = 1
+    """the number of parallel environments"""
+    episode_length: int = 200
+    """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
+
+    # DQN (defaults: the paper's CartPole run, RL-zoo hyperparameters)
+    total_timesteps: int = 3_000_000
+    """total environment steps (summed over all envs)"""
+    learning_rate: float = 2.3e-3
+    """the learning rate of the optimizer"""
+    buffer_size: int = 100_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 1.0
+    """the target network update rate (1.0 = hard copy)"""
+    target_network_frequency: int = 10
+    """environment steps between target network updates"""
+    batch_size: int = 64
+    """the batch size of samples from the replay memory"""
+    start_e: float = 1.0
+    """the starting epsilon for exploration"""
+    end_e: float = 0.04
+    """the ending epsilon for exploration"""
+    exploration_fraction: float = 0.16
+    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
+    learning_starts: int = 75_000
+    """environment steps before learning starts"""
+    train_frequency: int = 200
+    """environment steps between two training phases"""
+    gradient_steps: int = 200
+    """gradient steps per training phase (scaled if a phase covers more than `train-frequency` steps)"""
+    max_grad_norm: float = 10.0
+    """gradient-norm clipping of the Q-network update (as in SB3's DQN, which the paper used)"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the Q-network"""
+    eval_episodes: int = 10
+    """greedy evaluation episodes at the end of training"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: CartPole as the paper set it up
+# ---------------------------------------------------------------------------------------------
+class CLIPCartPoleEnv(CartPoleEnv):
+    """gymnasium's CartPole with the paper's changes, rendered at CLIP's input size.
+
+    - No termination: the pole may fall and the episode goes on until the time limit.
+    - The cart is kept on screen: its position is clipped to ±2.4 (it stops at the wall).
+    - The pole angle is wrapped to [-π, π), so a pole that swings round stays describable.
+    - The environment's reward is the ground-truth signal, 1 while "upright" (pole within ±12°
+      and cart strictly inside the walls), else 0; `info["upright"]` carries it too.
+    """
+
+    def __init__(self, frame_size=(224, 224), **kwargs):
+        super().__init__(render_mode="rgb_array", **kwargs)
+        self.frame_size = frame_size  # (height, width) of rendered frames
+        # The stock renderer draws 600x400; we draw the same scene straight at CLIP's size,
+        # stretched like the resize the authors applied, so no resize is needed afterwards.
+        self.observation_space = gym.spaces.Box(
+            np.array([-self.x_threshold, -np.inf, -np.pi, -np.inf], dtype=np.float32),
+            np.array([self.x_threshold, np.inf, np.pi, np.inf], dtype=np.float32),
+        )
+
+    def step(self, action):
+        self.steps_beyond_terminated = None  # the parent warns about stepping after a fall
+        super().step(action)
+        x, x_dot, theta, theta_dot = self.state
+        if abs(x) >= self.x_threshold:
+            x, x_dot = float(np.clip(x, -self.x_threshold, self.x_threshold)), 0.0
+        theta = (theta + np.pi) % (2 * np.pi) - np.pi
+        self.state = np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
+        upright = self.is_upright()
+        info = {"upright": upright}
+        return np.array(self.state, dtype=np.float32), float(upright), False, False, info
+
+    def is_upright(self) -> bool:
+        x, _, theta, _ = self.state
+        return bool(abs(theta) <= self.theta_threshold_radians and abs(x) < self.x_threshold)
+
+    def set_state(self, x=0.0, x_dot=0.0, theta=0.0, theta_dot=0.0):
+        """Place the system in a given state (for the reward landscape and tests)."""
+        self.state = np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
+
+    def render(self):
+        import pygame
+        from pygame import gfxdraw
+
+        height, width = self.frame_size
+        sx, sy = width / 600, height / 400  # stock-scene coordinates -> frame pixels
+        scale = 600 / (2 * self.x_threshold)  # stock pixels per metre
+        x, _, theta, _ = self.state
+        cart_x, cart_y = x * scale + 300, 100  # stock coordinates, y up from the bottom
+        axle_y = cart_y + 30 / 4
+        pole_len, pole_w = scale * 2 * self.length, 10
+
+        def to_frame(points):  # y up -> y down, then stretch to the frame
+            return [(px * sx, (400 - py) * sy) for px, py in points]
+
+        surf = pygame.Surface((width, height))
+        surf.fill((255, 255, 255))
+        gfxdraw.hline(surf, 0, width, int((400 - cart_y) * sy), (0, 0, 0))
+        cart = to_frame([(cart_x + dx, cart_y + dy) for dx, dy in ((-25, -15), (-25, 15), (25, 15), (25, -15))])
+        gfxdraw.aapolygon(surf, cart, (0, 0, 0))
+        gfxdraw.filled_polygon(surf, cart, (0, 0, 0))
+        c, s = np.cos(theta), np.sin(theta)  # theta > 0: the pole leans right
+        corners = ((-pole_w / 2, -pole_w / 2), (-pole_w / 2, pole_len - pole_w / 2),
+                   (pole_w / 2, pole_len - pole_w / 2), (pole_w / 2, -pole_w / 2))
+        pole = to_frame([(cart_x + px * c + py * s, axle_y - px * s + py * c) for px, py in corners])
+        gfxdraw.aapolygon(surf, pole, (202, 152, 101))
+        gfxdraw.filled_polygon(surf, pole, (202, 152, 101))
+        (ax, ay), = to_frame([(cart_x, axle_y)])
+        rx, ry = max(1, int(pole_w / 2 * sx)), max(1, int(pole_w / 2 * sy))
+        gfxdraw.aaellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
+        gfxdraw.filled_ellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
+        return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
+
+
+# ==== BEGIN SHARED BLOCK: frame-in-info (identical in every script; tests/test_shared_blocks.py) ====
+class FrameInInfo(gym.Wrapper):
+    """Renders the state each step reached and returns it as `info["frame"]`.
+
+    The frame comes from the same call as the transition, so the reward of a transition is always
+    computed from the state it reached (the authors' code rendered after the vector env had
+    auto-reset and scored the next episode's first frame instead). `info["render_seconds"]` lets
+    the training loop account for rendering time in any kind of vector env.
+    """
+
+    def _with_frame(self, info):
+        start = time.perf_counter()
+        frame = self.env.render()
+        return {**info, "frame": frame, "render_seconds": time.perf_counter() - start}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._with_frame(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._with_frame(info)
+# ==== END SHARED BLOCK: frame-in-info ====
+
+
+def make_env(episode_length: int, frame_size=None):
+    """A thunk for the vector env. `frame_size=None`: no frames are rendered (ground-truth reward)."""
+
+    def thunk():
+        env = CLIPCartPoleEnv(frame_size=frame_size or (224, 224))
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
+        if frame_size is not None:
+            env = FrameInInfo(env)
+        return env
+
+    return thunk
+
+
+# ==== BEGIN SHARED BLOCK: clip-reward (identical in every script; tests/test_shared_blocks.py) ====
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fail(message: str):
+    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_reward_args(args):
+    """Check the reward flags before anything expensive is loaded."""
+    if not 0.0 <= args.alpha <= 1.0:
+        fail(f"--alpha must be in [0, 1] (0 = plain cosine similarity, 1 = full projection), got {args.alpha}.")
+    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
+        if not prompts or any(not p.strip() for p in prompts):
+            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
+    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
+        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
+    if args.clip_batch_size < 1:
+        fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
+    if args.reward == "ground-truth":
+        return
+    if args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
+             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14.")
+    if not os.path.isfile(args.clip_pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
+        looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
+            (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+        if looks_like_path or args.clip_pretrained not in tags:
+            fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a "
+                 f"pretrained tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
+
+
+def load_clip(model_name: str, pretrained: str, device):
+    """An open_clip model (eval mode, no grads) and its tokenizer, from a tag or a checkpoint file."""
+    if not os.path.isfile(pretrained):
+        try:  # download first, apart from building, so that only a download problem reads as one
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+        except Exception as e:
+            fail(f"could not download the {pretrained!r} weights of {model_name} ({type(e).__name__}): run once "
+                 "where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
+                 "with the path of a local checkpoint file.")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        fail(f"--clip-pretrained {pretrained!r} could not be loaded into {model_name}: {first_line}")
+    return model.eval().requires_grad_(False), tokenizer
+
+
+class CLIPReward(nn.Module):
+    """The VLM-RM reward (paper, section 3).
+
+    s = unit image embedding of a frame, g / b = mean unit text embedding of the goal / baseline
+    prompts, d = g - b, P = d dᵀ / ‖d‖², M = α P + (1 - α) I, and
+
+        R(s) = 1 - ½ ‖M (s - g)‖²
+
+    With α = 0 and one goal prompt, R = s·g (cosine similarity). With α = 1 only the component of
+    s - g along the baseline-to-goal direction counts.
+    """
+
+    def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
+                 device="cpu", batch_size: int = 256):
+        super().__init__()
+        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+        self.precision = "fp32"
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"]
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
+        self.register_buffer("mean", torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1))
+
+        goal = self.embed_prompts(tokenizer, goal_prompts)
+        baseline = self.embed_prompts(tokenizer, baseline_prompts)
+        direction = goal - baseline
+        if alpha > 0 and direction.norm() < 1e-6:
+            fail("--prompt and --baseline-prompt give the same embedding, so --alpha > 0 has no direction to "
+                 "project on: choose a baseline that differs from the goal, or --alpha 0.")
+        projection = torch.outer(direction, direction) / direction.norm().clamp_min(1e-12) ** 2
+        identity = torch.eye(len(goal), device=self.device)
+        self.register_buffer("goal", goal)
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projection", alpha * projection + (1 - alpha) * identity)  # M (symmetric)
+
+    @torch.no_grad()
+    def embed_prompts(self, tokenizer, prompts) -> torch.Tensor:
+        tokens = tokenizer(list(prompts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+
+    def cast(self, precision: str):
+        """Run the image encoder in fp32, bf16 or fp16 (text embeddings stay the fp32 ones)."""
+        self.model.to(TORCH_DTYPES[precision])
+        self.precision = precision
+        return self
+
+    @torch.no_grad()
+    def embed_images(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
+        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
+        if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
+        x = ((x - self.mean) / self.std).to(TORCH_DTYPES[self.precision])
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        residual = (image_embeddings - self.goal) @ self.projection
+        return 1.0 - 0.5 * residual.pow(2).sum(dim=-1)
+
+    @torch.no_grad()
+    def forward(self, frames) -> np.ndarray:
+        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `batch_size` frames."""
+        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.batch_size]))
+                   for i in range(0, len(frames), self.batch_size)]
+        return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
+
+
+def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp16"), tolerance=0.05):
+    """Score `frames` in fp32 and in each candidate precision (on copies of the model).
+
+    A precision is faithful when its largest reward error is at most `tolerance` times the spread
+    of the fp32 rewards over the frames: errors small against the differences the agent must see.
+    Returns one row per precision with seconds per frame, error, spread, Spearman correlation.
+    """
+
+    def timed_rewards(model):
+        model(frames[:1])  # warm-up (kernel selection, lazy init)
+        start = time.perf_counter()
+        rewards = model(frames)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return rewards, (time.perf_counter() - start) / len(frames)
+
+    reference, fp32_seconds = timed_rewards(reward_model)
+    spread = float(reference.max() - reference.min())
+    rows = [dict(precision="fp32", seconds_per_frame=fp32_seconds, max_error=0.0, spread=spread,
+                 spearman=1.0, faithful=True)]
+    for precision in candidates:
+        try:
+            rewards, seconds = timed_rewards(copy.deepcopy(reward_model).cast(precision))
+        except RuntimeError:  # e.g. an op without a kernel for this dtype on this device
+            continue
+        error = float(np.abs(rewards - reference).max())
+        spearman = float(np.corrcoef(np.argsort(np.argsort(rewards)), np.argsort(np.argsort(reference)))[0, 1])
+        rows.append(dict(precision=precision, seconds_per_frame=seconds, max_error=error, spread=spread,
+                         spearman=spearman, faithful=error <= tolerance * spread))
+    return rows
+
+
+def fastest_faithful(rows) -> str:
+    return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
+# ==== END SHARED BLOCK: clip-reward ====
+
+
+# ==== BEGIN SHARED BLOCK: seeding (identical in every script; tests/test_shared_blocks.py) ====
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# ==== END SHARED BLOCK: seeding ====
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer, and the queue that scores frames in large CLIP batches
+# ---------------------------------------------------------------------------------------------
+class ReplayBuffer:
+    """Transitions in a ring; rewards are written later, when their frames have been scored."""
+
+    def __init__(self, size: int, obs_dim: int, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.actions = np.zeros(size, dtype=np.int64)
+        self.rewards = np.zeros(size, dtype=np.float32)
+        self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
+
+    def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
+        """Store a batch of transitions; returns their slots, for the rewards to come."""
+        slots = (self.pos + np.arange(len(obs))) % self.size
+        self.obs[slots], self.next_obs[slots] = obs, next_obs
+        self.actions[slots], self.terminations[slots] = actions, terminations
+        self.full = self.full or self.pos + len(obs) >= self.size
+        self.pos = (self.pos + len(obs)) % self.size
+        return slots
+
+    def sample(self, batch_size: int):
+        idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
+        as_tensor = lambda a: torch.as_tensor(a[idx], device=self.device)  # noqa: E731
+        return (as_tensor(self.obs), as_tensor(self.actions), as_tensor(self.rewards),
+                as_tensor(self.next_obs), as_tensor(self.terminations))
+
+
+class RewardQueue:
+    """Transitions waiting for their reward, so that CLIP scores many frames in one call.
+
+    Each entry: replay slot, env index, frame, ground-truth reward, and whether its episode ended
+    there. `flush` scores all frames at once, writes the rewards into the buffer and returns the
+    entries in order so that episode statistics are accumulated exactly as the steps happened.
+    """
+
+    def __init__(self):
+        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
+
+    def __len__(self):
+        return len(self.slots)
+
+    def put(self, slots, frames, true_rewards, episode_ends):
+        self.slots.extend(slots)
+        self.env_ids.extend(range(len(slots)))
+        self.frames.extend(frames if frames is not None else [None] * len(slots))
+        self.true_rewards.extend(true_rewards)
+        self.episode_ends.extend(episode_ends)
+
+    def flush(self, rb: ReplayBuffer, reward_model):
+        true_rewards = np.asarray(self.true_rewards, dtype=np.float32)
+        clip_rewards = reward_model(np.stack(self.frames)) if reward_model is not None else None
+        rb.rewards[self.slots] = clip_rewards if clip_rewards is not None else true_rewards
+        entries = list(zip(self.env_ids, true_rewards,
+                           clip_rewards if clip_rewards is not None else [np.nan] * len(self), self.episode_ends))
+        self.__init__()
+        return entries
+
+
+class EpisodeStats:
+    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns."""
+
+    def __init__(self, num_envs: int, episode_length: int, writer: SummaryWriter):
+        self.writer, self.episode_length = writer, episode_length
+        self.true_return, self.clip_return = np.zeros(num_envs), np.zeros(num_envs)
+        self.successes = deque(maxlen=10)  # for the console and the learning criterion
+        self.recent_pairs = deque(maxlen=10_000)  # (clip, ground-truth) rewards for the correlation
+
+    def add(self, entries, global_step: int):
+        for env_id, true_reward, clip_reward, episode_end in entries:
+            self.true_return[env_id] += true_reward
+            self.clip_return[env_id] += clip_reward
+            if not np.isnan(clip_reward):
+                self.recent_pairs.append((clip_reward, true_reward))
+            if episode_end:
+                success = float(self.true_return[env_id] == self.episode_length)  # upright at every step
+                self.successes.append(success)
+                self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
+                self.writer.add_scalar("charts/success_rate", success, global_step)
+                if not np.isnan(clip_reward):
+                    self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
+                self.true_return[env_id] = self.clip_return[env_id] = 0.0
+        pairs = np.array(self.recent_pairs)
+        if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
+            self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q-network
+# ---------------------------------------------------------------------------------------------
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim: int, n_actions: int, hidden_size: int = 256):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, n_actions),
+        )
+
+    def forward(self, x):
+        return self.network(x)
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward landscape (the paper's figure 2) and greedy evaluation
+# ---------------------------------------------------------------------------------------------
+def landscape_frames(frame_size, angles):
+    """Frames of the cart at the centre, at rest, with the pole at each angle."""
+    env = CLIPCartPoleEnv(frame_size=frame_size)
+    frames, upright = [], []
+    for angle in angles:
+        env.set_state(theta=float(angle))
+        frames.append(env.render())
+        upright.append(env.is_upright())
+    env.close()
+    return np.stack(frames), np.array(upright)
+
+
+def plot_reward_landscape(angles, rewards, upright, title: str, path: str):
+    """CLIP reward against pole angle, with the ground-truth upright band shaded; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    band = angles[upright]
+    ax.axvspan(band.min(), band.max(), color="tab:green", alpha=0.15, label="upright (ground truth)")
+    ax.plot(angles, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set_xlabel("pole angle (rad)")
+    ax.set_ylabel("CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def evaluate(q_network, reward_model, args, device, episodes: int, frame_size, seed: int):
+    """Greedy episodes (no exploration). Returns per-episode success, returns and the frames of the last."""
+    env = make_env(args.episode_length, frame_size)()
+    results = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        frames, true_return, done = [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item()
+            obs, reward, terminated, truncated, info = env.step(action)
+            true_return += reward
+            if frame_size is not None:
+                frames.append(info["frame"])
+            done = terminated or truncated
+        clip_rewards = reward_model(np.stack(frames)) if reward_model is not None else None
+        results.append(dict(success=float(true_return == args.episode_length), true_return=true_return,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards))
+    env.close()
+    return results
+
+
+def save_video(frames, clip_rewards, path: str):
+    """An animated GIF of the frames with the CLIP reward of each written on it."""
+    from PIL import Image, ImageDraw
+
+    images = []
+    for t, frame in enumerate(frames):
+        image = Image.fromarray(frame).resize((frame.shape[1] * 2, frame.shape[0] * 2), Image.NEAREST)
+        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
+        images.append(image)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
+    """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_reward_args(args)
+    for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
+                        ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length)):
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}.")
+    run_name = f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # The reward model: text embeddings once, then the precision check on the landscape frames.
+    if args.reward == "clip" and reward_model is None:
+        model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
+        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
+                                  device=device, batch_size=args.clip_batch_size)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+    frame_size = reward_model.image_size if reward_model is not None else None
+    if reward_model is not None:
+        angles = np.linspace(-0.5, 0.5, args.landscape_points)
+        frames, upright = landscape_frames(frame_size, angles)
+        if args.clip_precision == "auto":
+            rows = measure_precisions(reward_model, frames)
+            reward_model.cast(fastest_faithful(rows))
+            for row in rows:
+                print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
+                      f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
+        else:
+            reward_model.cast(args.clip_precision)
+        print(f"CLIP image encoder runs in {reward_model.precision}")
+        rewards = reward_model(frames)
+        fig = plot_reward_landscape(angles, rewards, upright, f"{args.prompt[0]!r}, alpha={args.alpha}",
+                                    os.path.join(run_dir, "reward_landscape.png"))
+        writer.add_figure("reward_landscape", fig)
+        gap = rewards[upright].mean() - rewards[~upright].mean()
+        writer.add_scalar("landscape/upright_minus_fallen", gap, 0)
+        print(f"reward landscape: mean CLIP reward upright - fallen = {gap:.4g} (positive: the prompt can work)")
+
+    envs = gym.vector.SyncVectorEnv([make_env(args.episode_length, frame_size) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    obs_dim, n_actions = envs.single_observation_space.shape[0], envs.single_action_space.n
+    q_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    target_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    rb = ReplayBuffer(args.buffer_size, obs_dim, device)
+    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, args.episode_length, writer)
+    timings = dict(rendering=0.0, clip=0.0, updates=0.0)
+    start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
+    td_loss = q_values = None
+
+    def flush_rewards():
+        start = time.perf_counter()
+        stats.add(queue.flush(rb, reward_model), global_step)
+        timings["clip"] += time.perf_counter() - start
+
+    obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    while global_step < args.total_timesteps:
+        epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
+                                  global_step)
+        if random.random() < epsilon:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+        global_step += args.num_envs
+        steps_since_training += args.num_envs
+        episode_ends = terminations | truncations
+
+        # Every step is a real transition (autoreset is off): next_obs and the frame belong to the
+        # state reached. Termination (never, in the paper's CartPole) stops bootstrapping;
+        # truncation by the time limit does not.
+        slots = rb.add(obs, next_obs, actions, terminations)
+        queue.put(slots, infos.get("frame"), true_rewards, episode_ends)
+        if "render_seconds" in infos:
+            timings["rendering"] += infos["render_seconds"].sum()
+        obs = next_obs
+        if episode_ends.any():
+            obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
+            if "render_seconds" in reset_infos:
+                timings["rendering"] += reset_infos["render_seconds"].sum()
+
+        if len(queue) >= args.clip_batch_size:
+            flush_rewards()
+        if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
+            flush_rewards()  # every stored transition has its reward before sampling
+            start = time.perf_counter()
+            n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
+            for _ in range(n_updates):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+                with torch.no_grad():
+                    target_max = target_network(b_next_obs).max(dim=1).values
+                    td_target = b_rewards + args.gamma * target_max * (1 - b_terminations)
+                q_taken = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
+                loss = F.smooth_l1_loss(q_taken, td_target)  # Huber, as SB3's DQN
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
+                optimizer.step()
+            td_loss, q_values = loss.item(), q_taken.mean().item()
+            timings["updates"] += time.perf_counter() - start
+            steps_since_training = 0
+            writer.add_scalar("losses/td_loss", td_loss, global_step)
+            writer.add_scalar("losses/q_values", q_values, global_step)
+            writer.add_scalar("charts/epsilon", epsilon, global_step)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            for phase, seconds in timings.items():
+                writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+            recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
+            print(f"step {global_step}: SPS {sps}, td_loss {td_loss:.4f}, success (last 10 episodes) {recent}")
+
+        # Target network: hard (tau=1) copy every `target_network_frequency` env steps.
+        if global_step % args.target_network_frequency < args.num_envs:
+            for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+                target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
+
+        if args.capture_video and global_step >= next_video:
+            episode = evaluate(q_network, reward_model, args, device, 1, frame_size or (224, 224), args.seed)[0]
+            os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
+            save_video(episode["frames"], episode["clip_rewards"],
+                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
+            next_video += args.video_interval
+    if len(queue):
+        flush_rewards()
+    envs.close()
+
+    results = evaluate(q_network, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
+    final = dict(
+        eval_success_rate=float(np.mean([r["success"] for r in results])),
+        eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
+        eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
+        train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
+        td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir,
+        sps=global_step / (time.time() - start_time), timings=timings, precision=getattr(reward_model, "precision", None),
+    )
+    writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
+    writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
+    if reward_model is not None:
+        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save(q_network.state_dict(), model_path)
+        final["model_path"] = model_path
+        print(f"model saved to {model_path}")
+    print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
+          f"CLIP return {final['eval_clip_return']:.4g}")
+    writer.close()
+    return final
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
