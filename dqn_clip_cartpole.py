@@ -716,7 +716,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir,
+        td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
         sps=global_step / (time.time() - start_time), timings=timings, precision=getattr(reward_model, "precision", None),
     )
     writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)

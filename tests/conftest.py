@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny open_clip models with random weights, and a stand-in encoder that sees the pole.
+
+Nothing here touches the network: the tiny architecture is registered from a config written by the
+test session, and its checkpoint is one the session saves itself.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ["HF_HUB_OFFLINE"] = "1"  # a test that tried to download would fail at once, not hang
+
+import dqn_clip_cartpole as cartpole  # noqa: E402
+
+TINY_CLIP = "tiny-test-clip"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """(architecture name, checkpoint path, model) of a registered tiny CLIP with random weights."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP).eval().requires_grad_(False)
+    checkpoint = folder / "tiny_clip.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return TINY_CLIP, str(checkpoint), model
+
+
+@pytest.fixture(scope="session")
+def tiny_reward(tiny_clip):
+    """A factory of CLIPReward on the tiny model."""
+    name, _, model = tiny_clip
+    tokenizer = open_clip.get_tokenizer(name)
+
+    def make(goal=("pole vertically upright on top of the cart",), baseline=("pole and cart",), alpha=0.0,
+             batch_size=256):
+        return cartpole.CLIPReward(model, tokenizer, goal, baseline, alpha, batch_size=batch_size)
+
+    return make
+
+
+class PoleTiltEncoder(nn.Module):
+    """A stand-in for CLIP that reads the pole's tilt from the pixels of a rendered frame.
+
+    encode_image: finds the pole's and the axle's pixels by colour, converts their offset back to
+    the scene's unstretched coordinates and returns the unit vector (cos tilt, sin tilt, 0, 0).
+    encode_text: the goal "upright" sentence is (1, 0, 0, 0); any other sentence is (0, 0, 1, 0).
+    So with alpha = 0 the reward is cos(tilt): 1 when upright, -1 when hanging down.
+    """
+
+    POLE, AXLE = (202, 152, 101), (129, 132, 203)
+
+    def __init__(self, size=(96, 96)):
+        super().__init__()
+        self.preprocess_cfg = {"size": size, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    @staticmethod
+    def tokenizer(prompts):
+        return torch.tensor([[0 if "upright" in p else 1] for p in prompts])
+
+    def encode_text(self, tokens):
+        out = torch.zeros(len(tokens), 4)
+        out[tokens[:, 0] == 0, 0] = 1.0
+        out[tokens[:, 0] != 0, 2] = 1.0
+        return out
+
+    def centroid(self, pixels, colour):
+        mask = ((pixels - torch.tensor(colour, dtype=pixels.dtype).view(1, 3, 1, 1)).abs().sum(1) < 30).float()
+        ys, xs = torch.meshgrid(torch.arange(pixels.shape[2]), torch.arange(pixels.shape[3]), indexing="ij")
+        count = mask.sum((1, 2)).clamp_min(1)
+        return (mask * xs).sum((1, 2)) / count, (mask * ys).sum((1, 2)) / count
+
+    def encode_image(self, x):
+        height, width = x.shape[-2:]
+        pixels = (x.float() * 0.5 + 0.5) * 255
+        pole_x, pole_y = self.centroid(pixels, self.POLE)
+        axle_x, axle_y = self.centroid(pixels, self.AXLE)
+        # The frame stretches the 600x400 scene to (width, height): undo it before taking the angle.
+        dx, dy_up = (pole_x - axle_x) * 600 / width, (axle_y - pole_y) * 400 / height
+        tilt = torch.atan2(dx, dy_up)
+        return torch.stack([torch.cos(tilt), torch.sin(tilt), 0 * tilt, 0 * tilt], dim=1).to(x.dtype)
+
+
+@pytest.fixture
+def pole_tilt_reward():
+    encoder = PoleTiltEncoder()
+    return cartpole.CLIPReward(encoder, encoder.tokenizer, ("pole vertically upright on top of the cart",),
+                               ("pole and cart",), alpha=0.0)
+
+
+def read_scalars(run_dir):
+    """{tag: [(step, value), ...]} of a TensorBoard run folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

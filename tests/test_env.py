@@ -1,0 +1,89 @@
+"""The paper's CartPole: episode semantics, ground truth, rendering, and frame/transition alignment."""
+
+import gymnasium as gym
+import numpy as np
+
+from conftest import cartpole
+
+
+def test_episodes_end_only_by_the_time_limit():
+    env = cartpole.make_env(episode_length=200)()
+    obs, _ = env.reset(seed=0)
+    terminated_any, truncated_at, upright = False, None, []
+    for t in range(1, 201):
+        obs, reward, terminated, truncated, info = env.step(1)  # always push right: the pole falls
+        terminated_any |= terminated
+        upright.append(info["upright"])
+        assert reward == float(info["upright"])
+        assert -np.pi <= obs[2] < np.pi and abs(obs[0]) <= 2.4
+        if truncated:
+            truncated_at = t
+            break
+    assert not terminated_any and truncated_at == 200
+    assert upright[0] and not upright[-1]  # it fell, and the episode went on
+
+
+def test_ground_truth_upright_band():
+    env = cartpole.CLIPCartPoleEnv()
+    for theta, x, expected in [(0.0, 0.0, True), (0.2, 0.0, True), (-0.2, 1.0, True), (0.22, 0.0, False),
+                               (-0.22, 0.0, False), (np.pi - 0.01, 0.0, False), (0.0, 2.4, False)]:
+        env.set_state(x=x, theta=theta)
+        assert env.is_upright() == expected, (theta, x)
+
+
+def test_cart_stops_at_the_wall_and_angle_wraps():
+    env = cartpole.CLIPCartPoleEnv()
+    env.reset(seed=0)
+    env.set_state(x=2.39, x_dot=3.0)
+    obs, *_ = env.step(1)
+    assert obs[0] == np.float32(2.4) and obs[1] == 0.0
+    env.set_state(theta=np.pi - 0.001, theta_dot=2.0)
+    obs, *_ = env.step(0)
+    assert -np.pi <= obs[2] < -np.pi + 0.1  # went over the bottom and wrapped
+
+
+def test_frames_are_rendered_at_the_requested_size_and_show_the_pole_angle():
+    env = cartpole.CLIPCartPoleEnv(frame_size=(96, 80))
+    env.set_state(theta=0.0)
+    upright = env.render()
+    env.set_state(theta=1.0)
+    tilted = env.render()
+    assert upright.shape == (96, 80, 3) and upright.dtype == np.uint8
+    assert (upright != tilted).any()
+    pole = lambda frame: (np.abs(frame.astype(int) - (202, 152, 101)).sum(-1) < 30)  # noqa: E731
+    cols_up, cols_tilt = np.nonzero(pole(upright))[1], np.nonzero(pole(tilted))[1]
+    assert cols_up.max() - cols_up.min() < cols_tilt.max() - cols_tilt.min()  # leaning widens it
+    assert cols_tilt.mean() > cols_up.mean()  # positive angle leans right, as in gymnasium
+
+
+def test_frame_in_info_is_the_state_reached():
+    env = cartpole.make_env(episode_length=50, frame_size=(64, 64))()
+    obs, info = env.reset(seed=3)
+    reference = cartpole.CLIPCartPoleEnv(frame_size=(64, 64))
+    for _ in range(50):
+        obs, *_, info = env.step(env.action_space.sample())
+        reference.set_state(*obs.astype(np.float64))
+        assert (info["frame"] != reference.render()).mean() < 0.01  # up to float32 rounding of obs
+
+
+def test_vector_env_final_frame_is_not_the_next_episode():
+    """With autoreset off, the step that ends an episode carries that episode's last frame."""
+    envs = gym.vector.SyncVectorEnv([cartpole.make_env(10, (64, 64)) for _ in range(2)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    reference = cartpole.CLIPCartPoleEnv(frame_size=(64, 64))
+    obs, _ = envs.reset(seed=0)
+    for t in range(10):
+        next_obs, _, _, truncations, infos = envs.step(np.ones(2, dtype=np.int64))
+    assert truncations.all()
+    for i in range(2):
+        reference.set_state(*next_obs[i].astype(np.float64))
+        assert (infos["frame"][i] != reference.render()).mean() < 0.01
+    reset_obs, reset_infos = envs.reset(options={"reset_mask": truncations})
+    assert np.abs(reset_obs[:, 2]).max() <= 0.05 < np.abs(next_obs[:, 2]).min()  # a new episode
+    assert not np.array_equal(reset_infos["frame"][0], infos["frame"][0])
+
+
+def test_stand_in_encoder_reads_the_pole(pole_tilt_reward):
+    angles = np.linspace(-np.pi + 0.2, np.pi - 0.2, 25)
+    frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
+    np.testing.assert_allclose(pole_tilt_reward(frames), np.cos(angles), atol=0.05)
