@@ -238,7 +238,7 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-def check_reward_args(args):
+def check_reward_args(args, loads_weights: bool = True):
     """Check the reward flags before anything expensive is loaded."""
     if not 0.0 <= args.alpha <= 1.0:
         fail(f"--alpha must be in [0, 1] (0 = plain cosine similarity, 1 = full projection), got {args.alpha}.")
@@ -249,7 +249,7 @@ def check_reward_args(args):
         fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
     if args.clip_batch_size < 1:
         fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
-    if args.reward == "ground-truth":
+    if args.reward == "ground-truth" or not loads_weights:
         return
     if args.clip_model not in open_clip.list_models():
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
@@ -580,7 +580,7 @@ def save_video(frames, clip_rewards, path: str):
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
-    check_reward_args(args)
+    check_reward_args(args, loads_weights=reward_model is None)
     for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
                         ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length)):
         if value < 1:

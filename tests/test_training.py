@@ -1,0 +1,82 @@
+"""The training loop: gradient steps, logged keys, alignment of stored rewards, saving, learning."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cartpole, read_scalars
+
+REQUIRED_KEYS = {
+    "charts/episodic_return", "charts/episodic_clip_return", "charts/success_rate", "charts/reward_correlation",
+    "charts/SPS", "losses/td_loss", "losses/q_values", "time/rendering_seconds", "time/clip_seconds",
+    "time/updates_seconds", "eval/success_rate", "eval/clip_return",
+}
+
+
+def short_args(tmp_path, **overrides):
+    settings = dict(clip_model="unused", total_timesteps=600, learning_starts=300, train_frequency=100,
+                    gradient_steps=20, episode_length=50, num_envs=2, eval_episodes=2, landscape_points=9,
+                    clip_precision="fp32", output_dir=str(tmp_path), seed=1)
+    settings.update(overrides)
+    return cartpole.Args(**settings)
+
+
+def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
+    name, checkpoint, _ = tiny_clip
+    args = short_args(tmp_path, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, save_model=True,
+                      capture_video=True, video_interval=400)
+    result = cartpole.main(args)
+
+    scalars = read_scalars(result["run_dir"])
+    assert REQUIRED_KEYS <= set(scalars), REQUIRED_KEYS - set(scalars)
+    td_losses = [v for _, v in scalars["losses/td_loss"]]
+    assert len(td_losses) == 3  # training phases at 400, 500 and 600 steps (after learning-starts 300)
+    assert np.isfinite(td_losses).all() and np.isfinite([v for _, v in scalars["losses/q_values"]]).all()
+    # 600 steps of 50-step episodes in 2 envs: 12 episodes, each logged with both returns.
+    assert len(scalars["charts/episodic_return"]) == len(scalars["charts/episodic_clip_return"]) == 12
+    assert all(v in (0.0, 1.0) for _, v in scalars["charts/success_rate"])
+
+    assert os.path.isfile(os.path.join(result["run_dir"], "reward_landscape.png"))
+    assert len(glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))) == 2  # at steps 0 and 400
+
+    q_network = cartpole.QNetwork(4, 2, args.hidden_size)
+    q_network.load_state_dict(torch.load(result["model_path"]))
+    obs = torch.randn(16, 4)
+    q_reloaded = q_network(obs)
+    assert q_reloaded.shape == (16, 2)
+    # The saved network is the trained one: it no longer has its initial weights.
+    torch.manual_seed(0)
+    assert not torch.allclose(q_reloaded, cartpole.QNetwork(4, 2, args.hidden_size)(obs))
+
+
+def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_reward, tmp_path):
+    """Every stored reward, episode ends included, is cos(tilt) of that transition's next_obs."""
+    args = short_args(tmp_path, total_timesteps=400, learning_starts=10_000, episode_length=20, num_envs=3,
+                      eval_episodes=1, clip_batch_size=64)
+    result = cartpole.main(args, reward_model=pole_tilt_reward)
+    rb = result["replay_buffer"]
+    stored = rb.pos if not rb.full else rb.size
+    assert stored == 402  # 134 vector steps of 3 envs, no step across a reset
+    np.testing.assert_allclose(rb.rewards[:stored], np.cos(rb.next_obs[:stored, 2]), atol=0.05)
+    assert not rb.terminations[:stored].any()  # time-limit ends are truncations: bootstrapped
+
+
+def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
+    monkeypatch.setattr(cartpole, "load_clip", lambda *a: pytest.fail("a CLIP model was loaded"))
+    result = cartpole.main(short_args(tmp_path, reward="ground-truth", clip_model="no-such-model"))
+    rb = result["replay_buffer"]
+    upright = (np.abs(rb.next_obs[: rb.pos, 2]) <= 12 * np.pi / 180) & (np.abs(rb.next_obs[: rb.pos, 0]) < 2.4)
+    np.testing.assert_array_equal(rb.rewards[: rb.pos], upright.astype(np.float32))
+    scalars = read_scalars(result["run_dir"])
+    assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars
+
+
+def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
+    """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used."""
+    args = short_args(tmp_path, total_timesteps=30_000, learning_starts=1_000, train_frequency=200,
+                      gradient_steps=200, episode_length=200, num_envs=1, eval_episodes=10)
+    result = cartpole.main(args, reward_model=pole_tilt_reward)
+    assert result["eval_success_rate"] >= 0.8, result
