@@ -59,10 +59,15 @@ class PoleTiltEncoder(nn.Module):
     """A stand-in for CLIP that reads the pole's tilt from the pixels of a rendered frame.
 
     encode_image: finds the pole's and the axle's pixels by colour, converts their offset back to
-    the scene's unstretched coordinates and returns the unit vector (cos tilt, sin tilt, 0, 0).
+    the scene's unstretched coordinates and takes the tilt; returns the unit vector (cos φ, sin φ, 0, 0)
+    with φ = min(4 |tilt|, π), so that the reward falls steeply as the pole leaves the vertical.
     encode_text: the goal "upright" sentence is (1, 0, 0, 0); any other sentence is (0, 0, 1, 0).
-    So with alpha = 0 the reward is cos(tilt): 1 when upright, -1 when hanging down.
+    So with alpha = 0 the reward is cos φ: 1 upright, 0 at 22.5° of tilt, -1 from 45° on.
     """
+
+    @staticmethod
+    def expected_reward(tilt):
+        return np.cos(np.minimum(4 * np.abs(tilt), np.pi))
 
     POLE, AXLE = (202, 152, 101), (129, 132, 203)
 
@@ -93,8 +98,8 @@ class PoleTiltEncoder(nn.Module):
         axle_x, axle_y = self.centroid(pixels, self.AXLE)
         # The frame stretches the 600x400 scene to (width, height): undo it before taking the angle.
         dx, dy_up = (pole_x - axle_x) * 600 / width, (axle_y - pole_y) * 400 / height
-        tilt = torch.atan2(dx, dy_up)
-        return torch.stack([torch.cos(tilt), torch.sin(tilt), 0 * tilt, 0 * tilt], dim=1).to(x.dtype)
+        phi = (4 * torch.atan2(dx, dy_up).abs()).clamp(max=np.pi)
+        return torch.stack([torch.cos(phi), torch.sin(phi), 0 * phi, 0 * phi], dim=1).to(x.dtype)
 
 
 @pytest.fixture
