@@ -76,8 +76,14 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
 
 
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
-    """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used."""
+    """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
+
+    With the paper's lr 2.3e-3 and 200 updates every 200 steps, DQN oscillates within 30k steps
+    (seed 1 learned, seeds 2 and 3 did not); lr 1e-3, 100 updates every 200 steps and a target copy
+    every 1000 steps learned on seeds 1, 2 and 3 (greedy success 1.0 each), so the test uses those.
+    """
     args = short_args(tmp_path, total_timesteps=30_000, learning_starts=1_000, train_frequency=200,
-                      gradient_steps=200, episode_length=200, num_envs=1, eval_episodes=10)
+                      gradient_steps=100, learning_rate=1e-3, target_network_frequency=1_000,
+                      episode_length=200, num_envs=1, eval_episodes=10)
     result = cartpole.main(args, reward_model=pole_tilt_reward)
     assert result["eval_success_rate"] >= 0.8, result
