@@ -60,8 +60,13 @@ def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_re
     rb = result["replay_buffer"]
     stored = rb.pos if not rb.full else rb.size
     assert stored == 402  # 134 vector steps of 3 envs, no step across a reset
-    np.testing.assert_allclose(rb.rewards[:stored], PoleTiltEncoder.expected_reward(rb.next_obs[:stored, 2]),
-                               atol=0.3)
+    expected = PoleTiltEncoder.expected_reward(rb.next_obs[:stored, 2])
+    errors = np.abs(rb.rewards[:stored] - expected)
+    # The stand-in reads the tilt from pixels: a pixel off on its steep slope costs up to ~0.3.
+    assert errors.max() < 0.4
+    episode_ends = (np.arange(stored) // args.num_envs) % args.episode_length == args.episode_length - 1
+    # A next episode's first frame would score about 1; most final states are far from upright.
+    assert (expected[episode_ends] < 0.5).sum() >= 10  # so a misaligned end would miss by more than 0.5
     assert not rb.terminations[:stored].any()  # time-limit ends are truncations: bootstrapped
 
 
