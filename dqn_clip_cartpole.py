@@ -16,6 +16,7 @@ the reward landscape and evaluation, then the training loop.
 """
 
 import copy
+import logging
 import os
 import random
 import time
@@ -266,6 +267,7 @@ def check_reward_args(args, loads_weights: bool = True):
 def load_clip(model_name: str, pretrained: str, device):
     """An open_clip model (eval mode, no grads) and its tokenizer, from a tag or a checkpoint file."""
     if not os.path.isfile(pretrained):
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
         try:  # download first, apart from building, so that only a download problem reads as one
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
         except Exception as e:
