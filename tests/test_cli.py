@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_scalars
+from conftest import ROOT, cartpole, read_scalars
 
 SCRIPT = os.path.join(ROOT, "dqn_clip_cartpole.py")
 
@@ -46,8 +46,9 @@ def test_unknown_choice_is_refused_by_the_parser(tmp_path):
 def test_help_shows_every_default(tmp_path):
     result = run("--help", cwd=tmp_path, env_extra={"COLUMNS": "200"})
     assert result.returncode == 0
+    defaults = cartpole.Args()
     for text in ["--prompt", "pole vertically upright on top of the cart", "--baseline-prompt", "pole and cart",
-                 "--alpha", "--clip-model", "ViT-bigG-14", "--clip-pretrained", "laion2b_s39b_b160k",
+                 "--alpha", "--clip-model", defaults.clip_model, "--clip-pretrained", defaults.clip_pretrained,
                  "--clip-precision", "--reward", "--total-timesteps", "3000000", "--learning-starts", "75000",
                  "--learning-rate", "0.0023", "--cuda", "--capture-video", "--save-model"]:
         assert text in result.stdout, text
