@@ -80,19 +80,20 @@ class Args:
     episode_length: int = 200
     """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
 
-    # DQN (defaults: the paper's CartPole run, RL-zoo hyperparameters)
+    # DQN (defaults: the paper's CartPole run, RL-zoo hyperparameters, except three marked "paper:"
+    # that made the Q-values diverge here; README, "DQN settings")
     total_timesteps: int = 3_000_000
     """total environment steps (summed over all envs)"""
-    learning_rate: float = 2.3e-3
-    """the learning rate of the optimizer"""
+    learning_rate: float = 1e-3
+    """the learning rate of the optimizer (paper: 2.3e-3)"""
     buffer_size: int = 100_000
     """the replay memory buffer size"""
     gamma: float = 0.99
     """the discount factor gamma"""
     tau: float = 1.0
     """the target network update rate (1.0 = hard copy)"""
-    target_network_frequency: int = 10
-    """environment steps between target network updates"""
+    target_network_frequency: int = 1000
+    """environment steps between target network updates (paper: 10, i.e. a fresh target every training phase)"""
     batch_size: int = 64
     """the batch size of samples from the replay memory"""
     start_e: float = 1.0
@@ -105,8 +106,8 @@ class Args:
     """environment steps before learning starts"""
     train_frequency: int = 200
     """environment steps between two training phases"""
-    gradient_steps: int = 200
-    """gradient steps per training phase (scaled if a phase covers more than `train-frequency` steps)"""
+    gradient_steps: int = 100
+    """gradient steps per training phase, scaled if a phase covers more than `train-frequency` steps (paper: 200)"""
     max_grad_norm: float = 10.0
     """gradient-norm clipping of the Q-network update (as in SB3's DQN, which the paper used)"""
     hidden_size: int = 256
@@ -124,8 +125,11 @@ class CLIPCartPoleEnv(CartPoleEnv):
     - No termination: the pole may fall and the episode goes on until the time limit.
     - The cart is kept on screen: its position is clipped to ±2.4 (it stops at the wall).
     - The pole angle is wrapped to [-π, π), so a pole that swings round stays describable.
-    - The environment's reward is the ground-truth signal, 1 while "upright" (pole within ±12°
-      and cart strictly inside the walls), else 0; `info["upright"]` carries it too.
+    - The environment's reward is the ground-truth signal, 1 while "upright" (pole within ±12°),
+      else 0; `info["upright"]` carries it too. The paper's "cart in bounds" holds by construction:
+      clipping keeps the cart within gymnasium's bounds test (out means |x| > 2.4), and a cart
+      resting at the wall with its pole up is what the goal prompt describes. (Counting the wall as
+      failure, a penalty that arrives ~100 steps after the drift that causes it, made DQN unstable.)
     """
 
     def __init__(self, frame_size=(224, 224), **kwargs):
@@ -152,7 +156,7 @@ class CLIPCartPoleEnv(CartPoleEnv):
 
     def is_upright(self) -> bool:
         x, _, theta, _ = self.state
-        return bool(abs(theta) <= self.theta_threshold_radians and abs(x) < self.x_threshold)
+        return bool(abs(theta) <= self.theta_threshold_radians and abs(x) <= self.x_threshold)
 
     def set_state(self, x=0.0, x_dot=0.0, theta=0.0, theta_dot=0.0):
         """Place the system in a given state (for the reward landscape and tests)."""
@@ -384,6 +388,18 @@ def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp
 
 def fastest_faithful(rows) -> str:
     return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
+
+
+def set_precision(reward_model: CLIPReward, frames, precision: str):
+    """Cast to `--clip-precision`; with `auto`, measure on `frames` and take the fastest faithful one."""
+    if precision == "auto":
+        rows = measure_precisions(reward_model, frames)
+        for row in rows:
+            print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
+                  f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
+        precision = fastest_faithful(rows)
+    reward_model.cast(precision)
+    print(f"CLIP image encoder runs in {precision}")
 # ==== END SHARED BLOCK: clip-reward ====
 
 
@@ -399,14 +415,15 @@ def seed_everything(seed: int, torch_deterministic: bool):
 # ---------------------------------------------------------------------------------------------
 # Replay buffer, and the queue that scores frames in large CLIP batches
 # ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: replay (identical in every script; tests/test_shared_blocks.py) ====
 class ReplayBuffer:
     """Transitions in a ring; rewards are written later, when their frames have been scored."""
 
-    def __init__(self, size: int, obs_dim: int, device):
+    def __init__(self, size: int, obs_dim: int, action_shape: tuple, action_dtype, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(size, dtype=np.int64)
+        self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
         self.rewards = np.zeros(size, dtype=np.float32)
         self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
 
@@ -458,10 +475,13 @@ class RewardQueue:
 
 
 class EpisodeStats:
-    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns."""
+    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns.
 
-    def __init__(self, num_envs: int, episode_length: int, writer: SummaryWriter):
-        self.writer, self.episode_length = writer, episode_length
+    `is_success(ground-truth return) -> bool` says what success means in this environment.
+    """
+
+    def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
+        self.writer, self.is_success = writer, is_success
         self.true_return, self.clip_return = np.zeros(num_envs), np.zeros(num_envs)
         self.successes = deque(maxlen=10)  # for the console and the learning criterion
         self.recent_pairs = deque(maxlen=10_000)  # (clip, ground-truth) rewards for the correlation
@@ -473,7 +493,7 @@ class EpisodeStats:
             if not np.isnan(clip_reward):
                 self.recent_pairs.append((clip_reward, true_reward))
             if episode_end:
-                success = float(self.true_return[env_id] == self.episode_length)  # upright at every step
+                success = float(self.is_success(self.true_return[env_id]))
                 self.successes.append(success)
                 self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
                 self.writer.add_scalar("charts/success_rate", success, global_step)
@@ -483,6 +503,7 @@ class EpisodeStats:
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
             self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
+# ==== END SHARED BLOCK: replay ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,26 +542,6 @@ def landscape_frames(frame_size, angles):
     return np.stack(frames), np.array(upright)
 
 
-def plot_reward_landscape(angles, rewards, upright, title: str, path: str):
-    """CLIP reward against pole angle, with the ground-truth upright band shaded; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    band = angles[upright]
-    ax.axvspan(band.min(), band.max(), color="tab:green", alpha=0.15, label="upright (ground truth)")
-    ax.plot(angles, rewards, marker=".", color="tab:blue", label="CLIP reward")
-    ax.set_xlabel("pole angle (rad)")
-    ax.set_ylabel("CLIP reward")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-
-
 def evaluate(q_network, reward_model, args, device, episodes: int, frame_size, seed: int):
     """Greedy episodes (no exploration). Returns per-episode success, returns and the frames of the last."""
     env = make_env(args.episode_length, frame_size)()
@@ -564,6 +565,27 @@ def evaluate(q_network, reward_model, args, device, episodes: int, frame_size, s
     return results
 
 
+# ==== BEGIN SHARED BLOCK: figures (identical in every script; tests/test_shared_blocks.py) ====
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
 def save_video(frames, clip_rewards, path: str):
     """An animated GIF of the frames with the CLIP reward of each written on it."""
     from PIL import Image, ImageDraw
@@ -575,6 +597,7 @@ def save_video(frames, clip_rewards, path: str):
         ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
         images.append(image)
     images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+# ==== END SHARED BLOCK: figures ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,17 +627,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     if reward_model is not None:
         angles = np.linspace(-0.5, 0.5, args.landscape_points)
         frames, upright = landscape_frames(frame_size, angles)
-        if args.clip_precision == "auto":
-            rows = measure_precisions(reward_model, frames)
-            reward_model.cast(fastest_faithful(rows))
-            for row in rows:
-                print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
-                      f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
-        else:
-            reward_model.cast(args.clip_precision)
-        print(f"CLIP image encoder runs in {reward_model.precision}")
+        set_precision(reward_model, frames, args.clip_precision)
         rewards = reward_model(frames)
-        fig = plot_reward_landscape(angles, rewards, upright, f"{args.prompt[0]!r}, alpha={args.alpha}",
+        fig = plot_reward_landscape(angles, rewards, upright, "pole angle (rad)", "upright (ground truth)",
+                                    f"{args.prompt[0]!r}, alpha={args.alpha}",
                                     os.path.join(run_dir, "reward_landscape.png"))
         writer.add_figure("reward_landscape", fig)
         gap = rewards[upright].mean() - rewards[~upright].mean()
@@ -628,8 +644,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
     target_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    rb = ReplayBuffer(args.buffer_size, obs_dim, device)
-    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, args.episode_length, writer)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, (), np.int64, device)
+    is_success = lambda true_return: true_return == args.episode_length  # noqa: E731  (upright at every step)
+    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, is_success, writer)
     timings = dict(rendering=0.0, clip=0.0, updates=0.0)
     start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
     td_loss = q_values = None

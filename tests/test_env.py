@@ -26,7 +26,7 @@ def test_episodes_end_only_by_the_time_limit():
 def test_ground_truth_upright_band():
     env = cartpole.CLIPCartPoleEnv()
     for theta, x, expected in [(0.0, 0.0, True), (0.2, 0.0, True), (-0.2, 1.0, True), (0.22, 0.0, False),
-                               (-0.22, 0.0, False), (np.pi - 0.01, 0.0, False), (0.0, 2.4, False)]:
+                               (-0.22, 0.0, False), (np.pi - 0.01, 0.0, False), (0.0, 2.4, True), (0.0, -2.4, True)]:
         env.set_state(x=x, theta=theta)
         assert env.is_upright() == expected, (theta, x)
 

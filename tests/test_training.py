@@ -40,7 +40,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     assert all(v in (0.0, 1.0) for _, v in scalars["charts/success_rate"])
 
     assert os.path.isfile(os.path.join(result["run_dir"], "reward_landscape.png"))
-    assert len(glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))) == 2  # at steps 0 and 400
+    assert len(glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))) == 2  # after the first step and at step 400
 
     q_network = cartpole.QNetwork(4, 2, args.hidden_size)
     q_network.load_state_dict(torch.load(result["model_path"]))
@@ -74,7 +74,7 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
     monkeypatch.setattr(cartpole, "load_clip", lambda *a: pytest.fail("a CLIP model was loaded"))
     result = cartpole.main(short_args(tmp_path, reward="ground-truth", clip_model="no-such-model"))
     rb = result["replay_buffer"]
-    upright = (np.abs(rb.next_obs[: rb.pos, 2]) <= 12 * np.pi / 180) & (np.abs(rb.next_obs[: rb.pos, 0]) < 2.4)
+    upright = np.abs(rb.next_obs[: rb.pos, 2]) <= 12 * np.pi / 180
     np.testing.assert_array_equal(rb.rewards[: rb.pos], upright.astype(np.float32))
     scalars = read_scalars(result["run_dir"])
     assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars
@@ -83,12 +83,11 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
 
-    With the paper's lr 2.3e-3 and 200 updates every 200 steps, DQN oscillates within 30k steps
-    (seed 1 learned, seeds 2 and 3 did not); lr 1e-3, 100 updates every 200 steps and a target copy
-    every 1000 steps learned on seeds 1, 2 and 3 (greedy success 1.0 each), so the test uses those.
+    The script's DQN defaults (lr 1e-3, 100 updates every 200 steps, a target copy every 1000
+    steps) learned on seeds 1, 2 and 3 here (greedy success 1.0 each); the paper's lr 2.3e-3 with
+    200 updates and a fresh target every phase oscillated (seed 1 learned, seeds 2 and 3 did not).
     """
     args = short_args(tmp_path, total_timesteps=30_000, learning_starts=1_000, train_frequency=200,
-                      gradient_steps=100, learning_rate=1e-3, target_network_frequency=1_000,
-                      episode_length=200, num_envs=1, eval_episodes=10)
+                      gradient_steps=100, episode_length=200, num_envs=1, eval_episodes=10)
     result = cartpole.main(args, reward_model=pole_tilt_reward)
     assert result["eval_success_rate"] >= 0.8, result
