@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny open_clip models with random weights, and a stand-in encoder that sees the pole.
+"""Shared fixtures: tiny open_clip models with random weights, and stand-in encoders that see the goal.
 
 Nothing here touches the network: the tiny architecture is registered from a config written by the
 test session, and its checkpoint is one the session saves itself.
@@ -20,6 +20,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ["HF_HUB_OFFLINE"] = "1"  # a test that tried to download would fail at once, not hang
 
 import dqn_clip_cartpole as cartpole  # noqa: E402
+import sac_clip_mountaincar as mountaincar  # noqa: E402
 
 TINY_CLIP = "tiny-test-clip"
 TINY_CONFIG = {
@@ -55,29 +56,22 @@ def tiny_reward(tiny_clip):
     return make
 
 
-class PoleTiltEncoder(nn.Module):
-    """A stand-in for CLIP that reads the pole's tilt from the pixels of a rendered frame.
+class StandInEncoder(nn.Module):
+    """A stand-in for CLIP that reads one quantity from the pixels: subclasses give `angle(pixels)`.
 
-    encode_image: finds the pole's and the axle's pixels by colour, converts their offset back to
-    the scene's unstretched coordinates and takes the tilt; returns the unit vector (cos φ, sin φ, 0, 0)
-    with φ = min(4 |tilt|, π), so that the reward falls steeply as the pole leaves the vertical.
-    encode_text: the goal "upright" sentence is (1, 0, 0, 0); any other sentence is (0, 0, 1, 0).
-    So with alpha = 0 the reward is cos φ: 1 upright, 0 at 22.5° of tilt, -1 from 45° on.
+    encode_image: the unit vector (cos φ, sin φ, 0, 0) with φ = `angle(pixels)` in [0, π].
+    encode_text: a sentence containing `goal_word` is (1, 0, 0, 0); any other sentence is (0, 0, 1, 0).
+    So with alpha = 0 the reward is cos φ: 1 at the goal, falling to -1 as φ grows to π.
     """
 
-    @staticmethod
-    def expected_reward(tilt):
-        return np.cos(np.minimum(4 * np.abs(tilt), np.pi))
-
-    POLE, AXLE = (202, 152, 101), (129, 132, 203)
+    goal_word = ""
 
     def __init__(self, size=(96, 96)):
         super().__init__()
         self.preprocess_cfg = {"size": size, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
-    @staticmethod
-    def tokenizer(prompts):
-        return torch.tensor([[0 if "upright" in p else 1] for p in prompts])
+    def tokenizer(self, prompts):
+        return torch.tensor([[0 if self.goal_word in p else 1] for p in prompts])
 
     def encode_text(self, tokens):
         out = torch.zeros(len(tokens), 4)
@@ -85,21 +79,61 @@ class PoleTiltEncoder(nn.Module):
         out[tokens[:, 0] != 0, 2] = 1.0
         return out
 
-    def centroid(self, pixels, colour):
-        mask = ((pixels - torch.tensor(colour, dtype=pixels.dtype).view(1, 3, 1, 1)).abs().sum(1) < 30).float()
-        ys, xs = torch.meshgrid(torch.arange(pixels.shape[2]), torch.arange(pixels.shape[3]), indexing="ij")
+    @staticmethod
+    def centroid(mask):
+        """Mean (x, y) pixel of a (N, H, W) boolean mask, per frame."""
+        mask = mask.float()
+        ys, xs = torch.meshgrid(torch.arange(mask.shape[1]), torch.arange(mask.shape[2]), indexing="ij")
         count = mask.sum((1, 2)).clamp_min(1)
         return (mask * xs).sum((1, 2)) / count, (mask * ys).sum((1, 2)) / count
 
     def encode_image(self, x):
-        height, width = x.shape[-2:]
-        pixels = (x.float() * 0.5 + 0.5) * 255
-        pole_x, pole_y = self.centroid(pixels, self.POLE)
-        axle_x, axle_y = self.centroid(pixels, self.AXLE)
+        pixels = (x.float() * 0.5 + 0.5) * 255  # undo the normalisation: (N, 3, H, W) in 0..255
+        phi = self.angle(pixels)
+        return torch.stack([torch.cos(phi), torch.sin(phi), 0 * phi, 0 * phi], dim=1).to(x.dtype)
+
+
+class PoleTiltEncoder(StandInEncoder):
+    """Sees CartPole's pole: φ = min(4 |tilt|, π), so the reward falls steeply as the pole leaves the vertical.
+
+    The pole's and the axle's pixels are found by colour, and their offset converted back to the
+    scene's unstretched coordinates. The reward is 1 upright, 0 at 22.5° of tilt, -1 from 45° on.
+    """
+
+    goal_word = "upright"
+    POLE, AXLE = (202, 152, 101), (129, 132, 203)
+
+    @staticmethod
+    def expected_reward(tilt):
+        return np.cos(np.minimum(4 * np.abs(tilt), np.pi))
+
+    def angle(self, pixels):
+        height, width = pixels.shape[-2:]
+        colour_mask = lambda c: (pixels - torch.tensor(c).view(1, 3, 1, 1)).abs().sum(1) < 30  # noqa: E731
+        pole_x, pole_y = self.centroid(colour_mask(self.POLE))
+        axle_x, axle_y = self.centroid(colour_mask(self.AXLE))
         # The frame stretches the 600x400 scene to (width, height): undo it before taking the angle.
         dx, dy_up = (pole_x - axle_x) * 600 / width, (axle_y - pole_y) * 400 / height
-        phi = (4 * torch.atan2(dx, dy_up).abs()).clamp(max=np.pi)
-        return torch.stack([torch.cos(phi), torch.sin(phi), 0 * phi, 0 * phi], dim=1).to(x.dtype)
+        return (4 * torch.atan2(dx, dy_up).abs()).clamp(max=np.pi)
+
+
+class CarPositionEncoder(StandInEncoder):
+    """Sees MountainCar's red car: φ = π (0.45 - x) / 1.65 clipped to [0, π], x read from the car's pixels.
+
+    The reward is 1 at the flag (x ≥ 0.45) and falls linearly in φ to -1 at the left end (x = -1.2).
+    """
+
+    goal_word = "peak"
+
+    @staticmethod
+    def expected_reward(x):
+        return np.cos(np.pi * np.clip((0.45 - np.asarray(x)) / 1.65, 0, 1))
+
+    def angle(self, pixels):
+        red = (pixels[:, 0] > 150) & (pixels[:, 1] < 60) & (pixels[:, 2] < 70)
+        car_x, _ = self.centroid(red)
+        position = -1.2 + (car_x + 0.5) / pixels.shape[-1] * 1.8  # the frame spans x in [-1.2, 0.6]
+        return (np.pi * (0.45 - position) / 1.65).clamp(0, np.pi)
 
 
 @pytest.fixture

@@ -1,0 +1,903 @@
+"""SAC on a realistic-looking MountainCar with a CLIP reward model (VLM-RM).
+
+Reproduces the MountainCar experiment of "Vision-Language Models are Zero-Shot Reward Models for
+Reinforcement Learning" (Rocamonde et al., ICLR 2024): the agent never sees MountainCar's reward.
+Each state it reaches is drawn as a picture (sky, a textured mountain, a yellow flag on the right
+peak, a red car on the slope), embedded by CLIP and compared with the embedding of a sentence
+("a car at the peak of the mountain, next to the yellow flag"), sharpened by a baseline sentence
+("a car in the mountain") through goal-baseline projection with weight alpha. With gymnasium's
+flat drawing CLIP cannot tell where the car is and the task fails (`--no-textured` reproduces that).
+
+    python sac_clip_mountaincar.py --alpha 0.5
+    python sac_clip_mountaincar.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
+    python sac_clip_mountaincar.py --reward ground-truth      # the RL half alone, no CLIP
+
+Read top to bottom: arguments, the environment (paper's changes + the picture-like renderer), the
+CLIP reward, the replay buffer and the queue that batches frames through CLIP, the SAC networks
+(with generalized state-dependent exploration), the reward landscape and evaluation, then the
+training loop.
+"""
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from gymnasium.envs.classic_control.continuous_mountain_car import Continuous_MountainCarEnv
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, CUDA is used when available (CLIP and the SAC networks)"""
+    output_dir: str = "runs"
+    """folder that receives `<run name>/` with TensorBoard logs, figures, videos and the model"""
+    capture_video: bool = False
+    """if toggled, a deterministic evaluation episode is saved as a GIF with the CLIP reward drawn on it"""
+    video_interval: int = 100_000
+    """environment steps between two evaluation videos (with `--capture-video`)"""
+    save_model: bool = False
+    """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
+
+    # Reward
+    reward: Literal["clip", "ground-truth"] = "clip"
+    """`clip`: the CLIP reward; `ground-truth`: 1 while the car is at the flag, else 0 (no CLIP model is loaded)"""
+    prompt: tuple[str, ...] = ("a car at the peak of the mountain, next to the yellow flag",)
+    """goal prompt(s); several are averaged into one goal embedding"""
+    baseline_prompt: tuple[str, ...] = ("a car in the mountain",)
+    """baseline prompt(s) for goal-baseline projection; several are averaged"""
+    alpha: float = 0.0
+    """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
+    clip_model: str = "ViT-bigG-14"
+    """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14)"""
+    clip_pretrained: str = "laion2b_s39b_b160k"
+    """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """CLIP image-encoder precision; `auto` measures each on the landscape frames and takes the fastest that stays faithful to fp32"""
+    clip_batch_size: int = 256
+    """most frames per CLIP forward pass; frames of all envs and several steps are queued and scored together"""
+    landscape_points: int = 41
+    """car positions in the reward-landscape sweep made before training (also used to choose `auto` precision)"""
+
+    # Environment
+    textured: bool = True
+    """if toggled, the picture-like scene the paper needed; `--no-textured`: gymnasium's flat drawing (the paper's ablation)"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    episode_length: int = 200
+    """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
+
+    # SAC (defaults: the paper's MountainCar run, RL-zoo hyperparameters as in the authors' code)
+    total_timesteps: int = 3_000_000
+    """total environment steps (summed over all envs)"""
+    buffer_size: int = 50_000
+    """the replay memory buffer size"""
+    gamma: float = 0.9999
+    """the discount factor gamma"""
+    tau: float = 0.01
+    """target smoothing coefficient (Polyak update of the target critics after every gradient step)"""
+    batch_size: int = 512
+    """the batch size of samples from the replay memory"""
+    learning_starts: int = 100
+    """environment steps before learning starts (random actions until then)"""
+    learning_rate: float = 3e-4
+    """the learning rate of the actor, critics and entropy coefficient (the paper says 1e-4, its code ran 3e-4)"""
+    train_frequency: int = 32
+    """environment steps between two training phases"""
+    gradient_steps: int = 32
+    """gradient steps per training phase (scaled if a phase covers more than `train-frequency` steps)"""
+    hidden_size: int = 64
+    """width of the two hidden layers of the actor and of each critic"""
+    ent_coef: float = 0.1
+    """the entropy coefficient (fixed unless `--autotune`)"""
+    autotune: bool = False
+    """if toggled, the entropy coefficient is tuned towards a target entropy of -action_dim"""
+    sde: bool = True
+    """if toggled, generalized state-dependent exploration (gSDE): noise that is a function of the state, held for `sde-sample-freq` steps; `--no-sde`: independent Gaussian noise every step"""
+    sde_sample_freq: int = 32
+    """environment steps between two draws of the exploration matrix (with `--sde`)"""
+    log_std_init: float = -3.67
+    """initial log standard deviation of the exploration weights (with `--sde`; RL-zoo's value)"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes at the end of training"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: MountainCarContinuous as the paper set it up, drawn like a picture
+# ---------------------------------------------------------------------------------------------
+class CLIPMountainCarEnv(Continuous_MountainCarEnv):
+    """gymnasium's MountainCarContinuous with the paper's changes, rendered at CLIP's input size.
+
+    - No termination: episodes end only by the time limit.
+    - The goal is absorbing: once the car reaches x ≥ 0.45 it stays there, at rest, next to the flag.
+    - The environment's reward is the ground-truth signal, 1 while the car is at the flag, else 0;
+      `info["at_goal"]` carries it too. The flag is reset with every episode (the authors' code
+      kept it set from the first success on).
+    - `textured=True` draws the scene the paper needed for CLIP: sky, distant hills, a rocky
+      mountain with grass following the track, a yellow flag on the right peak and a red car
+      tilted with the slope. The static scene is drawn once; each frame only adds the car.
+      `textured=False` is gymnasium's own drawing, resized to the frame size.
+    """
+
+    def __init__(self, frame_size=(224, 224), textured: bool = True):
+        super().__init__(render_mode="rgb_array")
+        self.frame_size, self.textured = frame_size, textured  # (height, width) of rendered frames
+        self.at_goal = False
+        self._scene = None  # the static part of the textured frame, drawn on first use
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.at_goal = False
+        return obs, {**info, "at_goal": False}
+
+    def step(self, action):
+        if not self.at_goal:
+            super().step(action)
+            self.at_goal = bool(self.state[0] >= self.goal_position)
+        if self.at_goal:  # absorbing: the car stays where it reached the flag, at rest
+            self.state = np.array([self.state[0], 0.0], dtype=np.float32)
+        return np.array(self.state, dtype=np.float32), float(self.at_goal), False, False, {"at_goal": self.at_goal}
+
+    def set_state(self, position: float, velocity: float = 0.0):
+        """Place the car (for the reward landscape and tests)."""
+        self.state = np.array([position, velocity], dtype=np.float32)
+        self.at_goal = bool(position >= self.goal_position)
+
+    # Geometry of gymnasium's 600x400 scene (y up from the bottom, 333 px per unit), stretched to
+    # the frame like the resize the authors applied, so the two renderers agree on where things are.
+    def to_pixels(self, x, y):
+        height, width = self.frame_size
+        scale = 600 / (self.max_position - self.min_position)
+        return (np.asarray(x) - self.min_position) * scale * width / 600, (400 - np.asarray(y) * scale) * height / 400
+
+    def render(self):
+        if not self.textured:
+            from PIL import Image
+
+            frame = super().render()
+            return np.asarray(Image.fromarray(frame).resize(self.frame_size[::-1], Image.BICUBIC))
+        import pygame
+        from pygame import gfxdraw
+
+        if self._scene is None:
+            self._scene = pygame.surfarray.make_surface(self.draw_scene().transpose(1, 0, 2))
+        surf = self._scene.copy()
+        height, width = self.frame_size
+        position = float(self.state[0])
+        px, py = self.to_pixels(position, self._height(position))
+        slope = 1.35 * math.cos(3 * position) * (height / 400) / (width / 600)  # pixel slope of the track
+        angle = math.atan(slope)
+        along, normal = np.array([math.cos(angle), -math.sin(angle)]), np.array([math.sin(angle), math.cos(angle)])
+        unit = width / 600 * 1.6  # the car is 1.6x gymnasium's so that CLIP can see it at 224 px
+
+        def place(points):  # car coordinates (right along the slope, up from the track) -> pixels
+            return [tuple(np.array([px, py]) + unit * (u * along - v * normal)) for u, v in points]
+
+        for u in (-11, 11):  # wheels
+            (wx, wy), = place([(u, 6)])
+            gfxdraw.filled_circle(surf, int(wx), int(wy), max(2, int(6 * unit)), (30, 30, 30))
+        body = place([(-22, 5), (-22, 14), (22, 14), (22, 5)])
+        cabin = place([(-12, 14), (-8, 22), (8, 22), (13, 14)])
+        window = place([(-9, 15), (-6, 20), (6, 20), (9, 15)])
+        for polygon, color in ((body, (200, 25, 30)), (cabin, (180, 20, 25)), (window, (170, 210, 235))):
+            gfxdraw.aapolygon(surf, polygon, color)
+            gfxdraw.filled_polygon(surf, polygon, color)
+        return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
+
+    def draw_scene(self) -> np.ndarray:
+        """The static scene (H, W, 3) uint8: sky, hills, the textured mountain, the flag."""
+        height, width = self.frame_size
+        rng = np.random.default_rng(0)  # the same picture every time
+        rows = np.arange(height)[:, None] / height
+        sky = np.array([70, 130, 205]) * (1 - rows[..., None]) + np.array([200, 225, 245]) * rows[..., None]
+        image = np.broadcast_to(sky, (height, width, 3)).copy()
+
+        def fractal_noise(octaves=5):  # value noise in [0, 1]: random grids, coarse to fine, bilinearly upsampled
+            noise = np.zeros((height, width))
+            for octave in range(octaves):
+                cells = 2 ** (octave + 2)
+                grid = rng.random((cells + 1, cells + 1))
+                ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
+                y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+                fy, fx = (ys - y0)[:, None], xs - x0
+                top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+                bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+                noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
+            return (noise - noise.min()) / (noise.max() - noise.min())
+
+        columns = np.arange(width) + 0.5
+        world_x = self.min_position + columns / width * (self.max_position - self.min_position)
+        _, surface_row = self.to_pixels(world_x, self._height(world_x))
+        hills_row = height * (0.42 + 0.06 * np.sin(world_x * 4.0 + 1.0) + 0.03 * np.sin(world_x * 11.0))
+        depth = np.arange(height)[:, None] - surface_row[None, :]  # pixels below the track surface
+        texture = fractal_noise()
+        hills = np.arange(height)[:, None] >= hills_row[None, :]
+        image[hills] = (np.array([120, 150, 165]) * (0.85 + 0.3 * texture[..., None]))[hills]
+        rock = np.array([115, 95, 75]) * (0.6 + 0.7 * texture[..., None])
+        strata = 0.9 + 0.1 * np.sin(depth[..., None] * 0.9 + 6 * texture[..., None])
+        grass = np.array([70, 140, 55]) * (0.75 + 0.5 * texture[..., None])
+        ground = np.where((depth < 0.035 * height)[..., None], grass, rock * strata)
+        image[depth >= 0] = ground[depth >= 0]
+
+        # The flag: a dark pole rising from the track at the goal, a yellow cloth at its top.
+        fx, fy = self.to_pixels(self.goal_position, self._height(self.goal_position))
+        pole_top = fy - 0.13 * height
+        fx, pole_width = int(round(fx)), max(1, width // 150)
+        image[int(pole_top): int(fy), fx - pole_width // 2: fx + pole_width // 2 + 1] = (60, 60, 60)
+        cloth_rows = np.arange(int(pole_top), int(pole_top + 0.06 * height))
+        for r in cloth_rows:
+            half = 1 - abs((r - pole_top) / (0.03 * height) - 1)  # triangle pointing right
+            image[r, fx + 1: fx + 1 + int(0.09 * width * half)] = (245, 205, 20)
+        return image.clip(0, 255).astype(np.uint8)
+
+
+# ==== BEGIN SHARED BLOCK: frame-in-info (identical in every script; tests/test_shared_blocks.py) ====
+class FrameInInfo(gym.Wrapper):
+    """Renders the state each step reached and returns it as `info["frame"]`.
+
+    The frame comes from the same call as the transition, so the reward of a transition is always
+    computed from the state it reached (the authors' code rendered after the vector env had
+    auto-reset and scored the next episode's first frame instead). `info["render_seconds"]` lets
+    the training loop account for rendering time in any kind of vector env.
+    """
+
+    def _with_frame(self, info):
+        start = time.perf_counter()
+        frame = self.env.render()
+        return {**info, "frame": frame, "render_seconds": time.perf_counter() - start}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._with_frame(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._with_frame(info)
+# ==== END SHARED BLOCK: frame-in-info ====
+
+
+def make_env(episode_length: int, frame_size=None, textured: bool = True):
+    """A thunk for the vector env. `frame_size=None`: no frames are rendered (ground-truth reward)."""
+
+    def thunk():
+        env = CLIPMountainCarEnv(frame_size=frame_size or (224, 224), textured=textured)
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
+        if frame_size is not None:
+            env = FrameInInfo(env)
+        return env
+
+    return thunk
+
+
+# ==== BEGIN SHARED BLOCK: clip-reward (identical in every script; tests/test_shared_blocks.py) ====
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fail(message: str):
+    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_reward_args(args, loads_weights: bool = True):
+    """Check the reward flags before anything expensive is loaded."""
+    if not 0.0 <= args.alpha <= 1.0:
+        fail(f"--alpha must be in [0, 1] (0 = plain cosine similarity, 1 = full projection), got {args.alpha}.")
+    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
+        if not prompts or any(not p.strip() for p in prompts):
+            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
+    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
+        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
+    if args.clip_batch_size < 1:
+        fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
+    if args.reward == "ground-truth" or not loads_weights:
+        return
+    if args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
+             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14.")
+    if not os.path.isfile(args.clip_pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
+        looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
+            (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+        if looks_like_path or args.clip_pretrained not in tags:
+            fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a "
+                 f"pretrained tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
+
+
+def load_clip(model_name: str, pretrained: str, device):
+    """An open_clip model (eval mode, no grads) and its tokenizer, from a tag or a checkpoint file."""
+    if not os.path.isfile(pretrained):
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
+        try:  # download first, apart from building, so that only a download problem reads as one
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+        except Exception as e:
+            fail(f"could not download the {pretrained!r} weights of {model_name} ({type(e).__name__}): run once "
+                 "where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
+                 "with the path of a local checkpoint file.")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        fail(f"--clip-pretrained {pretrained!r} could not be loaded into {model_name}: {first_line}")
+    return model.eval().requires_grad_(False), tokenizer
+
+
+class CLIPReward(nn.Module):
+    """The VLM-RM reward (paper, section 3).
+
+    s = unit image embedding of a frame, g / b = mean unit text embedding of the goal / baseline
+    prompts, d = g - b, P = d dᵀ / ‖d‖², M = α P + (1 - α) I, and
+
+        R(s) = 1 - ½ ‖M (s - g)‖²
+
+    With α = 0 and one goal prompt, R = s·g (cosine similarity). With α = 1 only the component of
+    s - g along the baseline-to-goal direction counts.
+    """
+
+    def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
+                 device="cpu", batch_size: int = 256):
+        super().__init__()
+        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+        self.precision = "fp32"
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"]
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
+        self.register_buffer("mean", torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1))
+
+        goal = self.embed_prompts(tokenizer, goal_prompts)
+        baseline = self.embed_prompts(tokenizer, baseline_prompts)
+        direction = goal - baseline
+        if alpha > 0 and direction.norm() < 1e-6:
+            fail("--prompt and --baseline-prompt give the same embedding, so --alpha > 0 has no direction to "
+                 "project on: choose a baseline that differs from the goal, or --alpha 0.")
+        projection = torch.outer(direction, direction) / direction.norm().clamp_min(1e-12) ** 2
+        identity = torch.eye(len(goal), device=self.device)
+        self.register_buffer("goal", goal)
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projection", alpha * projection + (1 - alpha) * identity)  # M (symmetric)
+
+    @torch.no_grad()
+    def embed_prompts(self, tokenizer, prompts) -> torch.Tensor:
+        tokens = tokenizer(list(prompts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+
+    def cast(self, precision: str):
+        """Run the image encoder in fp32, bf16 or fp16 (text embeddings stay the fp32 ones)."""
+        self.model.to(TORCH_DTYPES[precision])
+        self.precision = precision
+        return self
+
+    @torch.no_grad()
+    def embed_images(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
+        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
+        if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
+        x = ((x - self.mean) / self.std).to(TORCH_DTYPES[self.precision])
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        residual = (image_embeddings - self.goal) @ self.projection
+        return 1.0 - 0.5 * residual.pow(2).sum(dim=-1)
+
+    @torch.no_grad()
+    def forward(self, frames) -> np.ndarray:
+        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `batch_size` frames."""
+        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.batch_size]))
+                   for i in range(0, len(frames), self.batch_size)]
+        return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
+
+
+def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp16"), tolerance=0.05):
+    """Score `frames` in fp32 and in each candidate precision (on copies of the model).
+
+    A precision is faithful when its largest reward error is at most `tolerance` times the spread
+    of the fp32 rewards over the frames: errors small against the differences the agent must see.
+    Returns one row per precision with seconds per frame, error, spread, Spearman correlation.
+    """
+
+    def timed_rewards(model):
+        model(frames[:1])  # warm-up (kernel selection, lazy init)
+        start = time.perf_counter()
+        rewards = model(frames)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return rewards, (time.perf_counter() - start) / len(frames)
+
+    reference, fp32_seconds = timed_rewards(reward_model)
+    spread = float(reference.max() - reference.min())
+    rows = [dict(precision="fp32", seconds_per_frame=fp32_seconds, max_error=0.0, spread=spread,
+                 spearman=1.0, faithful=True)]
+    for precision in candidates:
+        try:
+            rewards, seconds = timed_rewards(copy.deepcopy(reward_model).cast(precision))
+        except RuntimeError:  # e.g. an op without a kernel for this dtype on this device
+            continue
+        error = float(np.abs(rewards - reference).max())
+        spearman = float(np.corrcoef(np.argsort(np.argsort(rewards)), np.argsort(np.argsort(reference)))[0, 1])
+        rows.append(dict(precision=precision, seconds_per_frame=seconds, max_error=error, spread=spread,
+                         spearman=spearman, faithful=error <= tolerance * spread))
+    return rows
+
+
+def fastest_faithful(rows) -> str:
+    return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
+
+
+def set_precision(reward_model: CLIPReward, frames, precision: str):
+    """Cast to `--clip-precision`; with `auto`, measure on `frames` and take the fastest faithful one."""
+    if precision == "auto":
+        rows = measure_precisions(reward_model, frames)
+        for row in rows:
+            print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
+                  f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
+        precision = fastest_faithful(rows)
+    reward_model.cast(precision)
+    print(f"CLIP image encoder runs in {precision}")
+# ==== END SHARED BLOCK: clip-reward ====
+
+
+# ==== BEGIN SHARED BLOCK: seeding (identical in every script; tests/test_shared_blocks.py) ====
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# ==== END SHARED BLOCK: seeding ====
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer, and the queue that scores frames in large CLIP batches
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: replay (identical in every script; tests/test_shared_blocks.py) ====
+class ReplayBuffer:
+    """Transitions in a ring; rewards are written later, when their frames have been scored."""
+
+    def __init__(self, size: int, obs_dim: int, action_shape: tuple, action_dtype, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
+        self.rewards = np.zeros(size, dtype=np.float32)
+        self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
+
+    def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
+        """Store a batch of transitions; returns their slots, for the rewards to come."""
+        slots = (self.pos + np.arange(len(obs))) % self.size
+        self.obs[slots], self.next_obs[slots] = obs, next_obs
+        self.actions[slots], self.terminations[slots] = actions, terminations
+        self.full = self.full or self.pos + len(obs) >= self.size
+        self.pos = (self.pos + len(obs)) % self.size
+        return slots
+
+    def sample(self, batch_size: int):
+        idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
+        as_tensor = lambda a: torch.as_tensor(a[idx], device=self.device)  # noqa: E731
+        return (as_tensor(self.obs), as_tensor(self.actions), as_tensor(self.rewards),
+                as_tensor(self.next_obs), as_tensor(self.terminations))
+
+
+class RewardQueue:
+    """Transitions waiting for their reward, so that CLIP scores many frames in one call.
+
+    Each entry: replay slot, env index, frame, ground-truth reward, and whether its episode ended
+    there. `flush` scores all frames at once, writes the rewards into the buffer and returns the
+    entries in order so that episode statistics are accumulated exactly as the steps happened.
+    """
+
+    def __init__(self):
+        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
+
+    def __len__(self):
+        return len(self.slots)
+
+    def put(self, slots, frames, true_rewards, episode_ends):
+        self.slots.extend(slots)
+        self.env_ids.extend(range(len(slots)))
+        self.frames.extend(frames if frames is not None else [None] * len(slots))
+        self.true_rewards.extend(true_rewards)
+        self.episode_ends.extend(episode_ends)
+
+    def flush(self, rb: ReplayBuffer, reward_model):
+        true_rewards = np.asarray(self.true_rewards, dtype=np.float32)
+        clip_rewards = reward_model(np.stack(self.frames)) if reward_model is not None else None
+        rb.rewards[self.slots] = clip_rewards if clip_rewards is not None else true_rewards
+        entries = list(zip(self.env_ids, true_rewards,
+                           clip_rewards if clip_rewards is not None else [np.nan] * len(self), self.episode_ends))
+        self.__init__()
+        return entries
+
+
+class EpisodeStats:
+    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns.
+
+    `is_success(ground-truth return) -> bool` says what success means in this environment.
+    """
+
+    def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
+        self.writer, self.is_success = writer, is_success
+        self.true_return, self.clip_return = np.zeros(num_envs), np.zeros(num_envs)
+        self.successes = deque(maxlen=10)  # for the console and the learning criterion
+        self.recent_pairs = deque(maxlen=10_000)  # (clip, ground-truth) rewards for the correlation
+
+    def add(self, entries, global_step: int):
+        for env_id, true_reward, clip_reward, episode_end in entries:
+            self.true_return[env_id] += true_reward
+            self.clip_return[env_id] += clip_reward
+            if not np.isnan(clip_reward):
+                self.recent_pairs.append((clip_reward, true_reward))
+            if episode_end:
+                success = float(self.is_success(self.true_return[env_id]))
+                self.successes.append(success)
+                self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
+                self.writer.add_scalar("charts/success_rate", success, global_step)
+                if not np.isnan(clip_reward):
+                    self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
+                self.true_return[env_id] = self.clip_return[env_id] = 0.0
+        pairs = np.array(self.recent_pairs)
+        if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
+            self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
+# ==== END SHARED BLOCK: replay ====
+
+
+# ---------------------------------------------------------------------------------------------
+# SAC networks: twin soft Q-functions and a squashed Gaussian actor with state-dependent noise
+# ---------------------------------------------------------------------------------------------
+class SoftQNetwork(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim + action_dim, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, obs, actions):
+        return self.network(torch.cat([obs, actions], dim=1)).squeeze(1)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5, 2  # range of the state-dependent log std without gSDE (as CleanRL)
+
+
+class Actor(nn.Module):
+    """a = tanh(u), scaled to the action bounds, with u = μ(s) + noise.
+
+    With gSDE (Raffin et al., 2022, used by the authors' code) the noise is φ(s)ᵀW: φ(s) the last
+    hidden layer (detached), W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
+    noise is a fixed function of the state, so the car keeps pushing the same way in the same
+    situation and can rock itself up the hill; noise drawn anew every step mostly cancels out
+    (MountainCar's classic exploration trap). Given φ(s), the noise is Gaussian with variance
+    φ(s)² · σ_W² per action, which gives the log-probability. Without gSDE: u ~ N(μ(s), σ(s)²).
+    """
+
+    def __init__(self, obs_dim: int, action_space, hidden_size: int, sde: bool, log_std_init: float):
+        super().__init__()
+        action_dim = int(np.prod(action_space.shape))
+        self.sde = sde
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(),
+                                   nn.Linear(hidden_size, hidden_size), nn.ReLU())
+        self.mean = nn.Linear(hidden_size, action_dim)
+        if sde:
+            self.log_std = nn.Parameter(torch.full((hidden_size, action_dim), log_std_init))  # log σ_W
+        else:
+            self.log_std = nn.Linear(hidden_size, action_dim)
+        self.register_buffer("action_scale", torch.tensor((action_space.high - action_space.low) / 2.0,
+                                                          dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((action_space.high + action_space.low) / 2.0,
+                                                         dtype=torch.float32))
+
+    def sample_exploration(self, *batch_shape) -> torch.Tensor:
+        """Standard normal ε for gSDE's weights W = σ_W ⊙ ε: (*batch_shape, hidden, action_dim)."""
+        return torch.randn(*batch_shape, *self.log_std.shape, device=self.log_std.device)
+
+    def forward(self, obs, exploration=None):
+        """Returns (action, log π(action | obs), deterministic action).
+
+        `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
+        draws a fresh one shared by the whole batch (one per gradient step, as SB3 does).
+        """
+        features = self.trunk(obs)
+        mean = self.mean(features)
+        if self.sde:
+            mean = mean.clamp(-2.0, 2.0)  # keeps tanh away from saturation (SB3's clip_mean)
+            phi, sigma_w = features.detach(), self.log_std.exp()
+            eps = self.sample_exploration() if exploration is None else exploration
+            noise = (phi.unsqueeze(-2) @ (sigma_w * eps)).squeeze(-2)
+            std = (phi.pow(2) @ sigma_w.pow(2) + 1e-6).sqrt()
+        else:
+            log_std = torch.tanh(self.log_std(features))
+            std = (LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)).exp()
+            noise = std * torch.randn_like(mean)
+        u = mean + noise
+        squashed = torch.tanh(u)
+        log_prob = torch.distributions.Normal(mean, std).log_prob(u)
+        log_prob -= torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)  # change of variables
+        action = squashed * self.action_scale + self.action_bias
+        return action, log_prob.sum(dim=-1), torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward landscape (the paper's figure 2) and deterministic evaluation
+# ---------------------------------------------------------------------------------------------
+def landscape_frames(frame_size, positions, textured: bool):
+    """Frames of the car at rest at each position along the track."""
+    env = CLIPMountainCarEnv(frame_size=frame_size, textured=textured)
+    env.reset(seed=0)
+    frames, at_goal = [], []
+    for position in positions:
+        env.set_state(float(position))
+        frames.append(env.render())
+        at_goal.append(env.at_goal)
+    env.close()
+    return np.stack(frames), np.array(at_goal)
+
+
+def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed: int):
+    """Deterministic episodes (mean action). Returns per-episode success, returns and the frames."""
+    env = make_env(args.episode_length, frame_size, args.textured)()
+    results = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        frames, true_return, done = [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, device=device)[None])[2][0].cpu().numpy()
+            obs, reward, terminated, truncated, info = env.step(action)
+            true_return += reward
+            if frame_size is not None:
+                frames.append(info["frame"])
+            done = terminated or truncated
+        clip_rewards = reward_model(np.stack(frames)) if reward_model is not None else None
+        results.append(dict(success=float(true_return > 0), true_return=true_return,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards))
+    env.close()
+    return results
+
+
+
+# ==== BEGIN SHARED BLOCK: figures (identical in every script; tests/test_shared_blocks.py) ====
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def save_video(frames, clip_rewards, path: str):
+    """An animated GIF of the frames with the CLIP reward of each written on it."""
+    from PIL import Image, ImageDraw
+
+    images = []
+    for t, frame in enumerate(frames):
+        image = Image.fromarray(frame).resize((frame.shape[1] * 2, frame.shape[0] * 2), Image.NEAREST)
+        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
+        images.append(image)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+# ==== END SHARED BLOCK: figures ====
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
+    """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_reward_args(args, loads_weights=reward_model is None)
+    for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
+                        ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length),
+                        ("--sde-sample-freq", args.sde_sample_freq), ("--batch-size", args.batch_size)):
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}.")
+    run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # The reward model: text embeddings once, then the precision check on the landscape frames.
+    if args.reward == "clip" and reward_model is None:
+        model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
+        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
+                                  device=device, batch_size=args.clip_batch_size)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+    frame_size = reward_model.image_size if reward_model is not None else None
+    if reward_model is not None:
+        positions = np.linspace(-1.2, 0.6, args.landscape_points)
+        frames, at_goal = landscape_frames(frame_size, positions, args.textured)
+        set_precision(reward_model, frames, args.clip_precision)
+        rewards = reward_model(frames)
+        fig = plot_reward_landscape(positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
+                                    f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
+                                    os.path.join(run_dir, "reward_landscape.png"))
+        writer.add_figure("reward_landscape", fig)
+        gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
+        writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
+        print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work)")
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.episode_length, frame_size, args.textured) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    obs_dim = envs.single_observation_space.shape[0]
+    action_shape = envs.single_action_space.shape
+    actor = Actor(obs_dim, envs.single_action_space, args.hidden_size, args.sde, args.log_std_init).to(device)
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, int(np.prod(action_shape)), args.hidden_size).to(device)
+                                        for _ in range(4))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.learning_rate)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    if args.autotune:
+        target_entropy = -float(np.prod(action_shape))
+        log_ent_coef = torch.zeros(1, requires_grad=True, device=device)
+        ent_coef = log_ent_coef.exp().item()
+        ent_coef_optimizer = torch.optim.Adam([log_ent_coef], lr=args.learning_rate)
+    else:
+        ent_coef = args.ent_coef
+
+    rb = ReplayBuffer(args.buffer_size, obs_dim, action_shape, np.float32, device)
+    is_success = lambda true_return: true_return > 0  # noqa: E731  (the car reached the flag)
+    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, is_success, writer)
+    timings = dict(rendering=0.0, clip=0.0, updates=0.0)
+    start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
+    td_loss = q_values = actor_loss = None
+
+    def flush_rewards():
+        start = time.perf_counter()
+        stats.add(queue.flush(rb, reward_model), global_step)
+        timings["clip"] += time.perf_counter() - start
+
+    obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    exploration = actor.sample_exploration(args.num_envs) if args.sde else None
+    while global_step < args.total_timesteps:
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            if args.sde and global_step % args.sde_sample_freq < args.num_envs:
+                exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
+            with torch.no_grad():
+                actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
+        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+        global_step += args.num_envs
+        steps_since_training += args.num_envs
+        episode_ends = terminations | truncations
+
+        # Every step is a real transition (autoreset is off): next_obs and the frame belong to the
+        # state reached. Termination (never, in the paper's MountainCar) stops bootstrapping;
+        # truncation by the time limit does not.
+        slots = rb.add(obs, next_obs, actions, terminations)
+        queue.put(slots, infos.get("frame"), true_rewards, episode_ends)
+        if "render_seconds" in infos:
+            timings["rendering"] += infos["render_seconds"].sum()
+        obs = next_obs
+        if episode_ends.any():
+            obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
+            if "render_seconds" in reset_infos:
+                timings["rendering"] += reset_infos["render_seconds"].sum()
+
+        if len(queue) >= args.clip_batch_size:
+            flush_rewards()
+        if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
+            flush_rewards()  # every stored transition has its reward before sampling
+            start = time.perf_counter()
+            n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
+            for _ in range(n_updates):
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+                # Critics: soft Bellman target from the target critics, bootstrapped unless terminal.
+                with torch.no_grad():
+                    next_actions, next_log_pi, _ = actor(b_next_obs)
+                    next_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                    td_target = b_rewards + args.gamma * (1 - b_terminations) * (next_q - ent_coef * next_log_pi)
+                qf1_values, qf2_values = qf1(b_obs, b_actions), qf2(b_obs, b_actions)
+                qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                q_optimizer.step()
+
+                # Actor: maximise the soft value of its own (reparameterised) actions.
+                pi, log_pi, _ = actor(b_obs)
+                actor_loss = (ent_coef * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                actor_optimizer.step()
+                if args.autotune:
+                    ent_coef_loss = -(log_ent_coef * (log_pi.detach() + target_entropy)).mean()
+                    ent_coef_optimizer.zero_grad()
+                    ent_coef_loss.backward()
+                    ent_coef_optimizer.step()
+                    ent_coef = log_ent_coef.exp().item()
+
+                with torch.no_grad():  # Polyak averaging of the target critics
+                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                        for param, target_param in zip(net.parameters(), target.parameters()):
+                            target_param.lerp_(param, args.tau)
+            td_loss, q_values, actor_loss = qf_loss.item() / 2, qf1_values.mean().item(), actor_loss.item()
+            timings["updates"] += time.perf_counter() - start
+            steps_since_training = 0
+            writer.add_scalar("losses/td_loss", td_loss, global_step)
+            writer.add_scalar("losses/q_values", q_values, global_step)
+            writer.add_scalar("losses/actor_loss", actor_loss, global_step)
+            writer.add_scalar("losses/ent_coef", ent_coef, global_step)
+            writer.add_scalar("charts/action_noise_std", actor.log_std.exp().mean().item() if args.sde
+                              else float("nan"), global_step)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            for phase, seconds in timings.items():
+                writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+            if global_step % 1000 < args.train_frequency:
+                recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
+                print(f"step {global_step}: SPS {sps}, td_loss {td_loss:.4g}, q {q_values:.4g}, "
+                      f"success (last 10 episodes) {recent}")
+
+        if args.capture_video and global_step >= next_video:
+            episode = evaluate(actor, reward_model, args, device, 1, frame_size or (224, 224), args.seed)[0]
+            os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
+            save_video(episode["frames"], episode["clip_rewards"],
+                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
+            next_video += args.video_interval
+    if len(queue):
+        flush_rewards()
+    envs.close()
+
+    results = evaluate(actor, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
+    final = dict(
+        eval_success_rate=float(np.mean([r["success"] for r in results])),
+        eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
+        eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
+        train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
+        td_loss=td_loss, q_values=q_values, actor_loss=actor_loss, global_step=global_step, run_dir=run_dir,
+        replay_buffer=rb, sps=global_step / (time.time() - start_time), timings=timings,
+        precision=getattr(reward_model, "precision", None),
+    )
+    writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
+    writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
+    if reward_model is not None:
+        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, model_path)
+        final["model_path"] = model_path
+        print(f"model saved to {model_path}")
+    print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
+          f"CLIP return {final['eval_clip_return']:.4g}")
+    writer.close()
+    return final
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

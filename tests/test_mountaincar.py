@@ -1,0 +1,226 @@
+"""sac_clip_mountaincar.py: the paper's MountainCar, its picture-like renderer, SAC with gSDE, the loop."""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from conftest import CarPositionEncoder, mountaincar, read_scalars
+from test_reward import direct_reward
+from test_training import REQUIRED_KEYS
+
+GOAL = ("a car at the peak of the mountain, next to the yellow flag",)
+BASELINE = ("a car in the mountain",)
+
+
+def red_columns(frame):
+    red = (frame[..., 0] > 150) & (frame[..., 1] < 60) & (frame[..., 2] < 70)
+    return np.nonzero(red)[1]
+
+
+def short_args(tmp_path, **overrides):
+    settings = dict(clip_model="unused", total_timesteps=640, learning_starts=256, train_frequency=64,
+                    gradient_steps=8, batch_size=64, episode_length=50, num_envs=2, eval_episodes=2,
+                    landscape_points=9, clip_precision="fp32", output_dir=str(tmp_path), seed=1)
+    settings.update(overrides)
+    return mountaincar.Args(**settings)
+
+
+@pytest.fixture
+def car_position_reward():
+    encoder = CarPositionEncoder(size=(96, 128))
+    return mountaincar.CLIPReward(encoder, encoder.tokenizer, GOAL, BASELINE, alpha=0.0)
+
+
+# --- environment -------------------------------------------------------------------------------
+def test_episodes_end_only_by_the_time_limit_and_the_goal_is_absorbing():
+    env = mountaincar.make_env(episode_length=200)()
+    env.reset(seed=0)
+    env.unwrapped.set_state(0.40, 0.07)  # fast enough to cross x = 0.45 on this step
+    obs, reward, terminated, truncated, info = env.step(np.array([1.0], dtype=np.float32))
+    assert info["at_goal"] and reward == 1.0 and not terminated
+    reached = obs.copy()
+    assert reached[0] >= 0.45 and reached[1] == 0.0
+    for t in range(2, 201):  # full throttle backwards: the car stays at the flag
+        obs, reward, terminated, truncated, info = env.step(np.array([-1.0], dtype=np.float32))
+        assert reward == 1.0 and info["at_goal"] and not terminated
+        np.testing.assert_array_equal(obs, reached)
+        assert truncated == (t == 200)
+
+
+def test_success_resets_with_every_episode():
+    env = mountaincar.make_env(episode_length=5)()
+    env.reset(seed=0)
+    env.unwrapped.set_state(0.5)
+    assert env.unwrapped.at_goal
+    obs, info = env.reset(seed=1)
+    assert not info["at_goal"] and -0.6 <= obs[0] <= -0.4
+    _, reward, _, _, info = env.step(np.array([0.0], dtype=np.float32))
+    assert reward == 0.0 and not info["at_goal"]  # the authors' flag stayed set here
+
+
+def test_the_car_is_drawn_where_it_is():
+    env = mountaincar.CLIPMountainCarEnv(frame_size=(224, 224))
+    env.reset(seed=0)
+    centres = []
+    for x in np.linspace(-1.1, 0.5, 9):
+        env.set_state(float(x))
+        frame = env.render()
+        assert frame.shape == (224, 224, 3) and frame.dtype == np.uint8
+        centres.append(red_columns(frame).mean())
+        expected_column, _ = env.to_pixels(x, 0)
+        assert abs(centres[-1] - expected_column) < 8, (x, centres[-1], expected_column)
+    assert np.all(np.diff(centres) > 0)
+
+
+def test_the_flag_is_at_the_goal():
+    env = mountaincar.CLIPMountainCarEnv(frame_size=(224, 224))
+    env.reset(seed=0)
+    scene = env.draw_scene()
+    yellow = (scene[..., 0] > 200) & (scene[..., 1] > 170) & (scene[..., 2] < 80)
+    rows, cols = np.nonzero(yellow)
+    goal_column, goal_row = env.to_pixels(env.goal_position, env._height(env.goal_position))
+    assert len(cols) > 30
+    assert goal_column - 1 <= cols.min() <= goal_column + 3  # the cloth starts at the pole
+    assert rows.max() < goal_row  # and flies above the ground at the goal
+
+
+def test_textured_and_plain_rendering_both_work():
+    textured = mountaincar.CLIPMountainCarEnv(frame_size=(96, 128), textured=True)
+    plain = mountaincar.CLIPMountainCarEnv(frame_size=(96, 128), textured=False)
+    for env in (textured, plain):
+        env.reset(seed=0)
+        env.set_state(-0.5)
+    a, b = textured.render(), plain.render()
+    assert a.shape == b.shape == (96, 128, 3)
+    assert (b >= 250).all(axis=-1).mean() > 0.8  # gymnasium's drawing: lines on white
+    assert (a >= 250).all(axis=-1).mean() < 0.01  # the picture: sky and mountain everywhere
+    colours = lambda frame: len(np.unique(frame.reshape(-1, 3), axis=0))  # noqa: E731
+    assert colours(a) > 3 * colours(b)  # textured, not flat colours (b's come from antialiasing)
+    textured.set_state(0.0)
+    assert (textured.render() != a).any()
+
+
+def test_vector_env_final_frame_is_the_state_reached():
+    """At truncation the frame in info shows the last state, not the first one of the next episode."""
+    envs = gym.vector.SyncVectorEnv([mountaincar.make_env(3, (64, 96)) for _ in range(2)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    envs.reset(seed=0)
+    for _ in range(3):
+        obs, _, _, truncated, infos = envs.step(np.ones((2, 1), dtype=np.float32))
+    assert truncated.all()
+    reference = mountaincar.CLIPMountainCarEnv(frame_size=(64, 96))
+    reference.reset(seed=0)
+    for i in range(2):
+        reference.set_state(float(obs[i, 0]), float(obs[i, 1]))
+        np.testing.assert_array_equal(infos["frame"][i], reference.render())
+
+
+# --- reward ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_reward_on_mountaincar_frames_matches_the_formula(tiny_clip, alpha):
+    name, _, model = tiny_clip
+    tokenizer = open_clip.get_tokenizer(name)
+    reward_model = mountaincar.CLIPReward(model, tokenizer, GOAL, BASELINE, alpha)
+    frames, at_goal = mountaincar.landscape_frames(reward_model.image_size, np.linspace(-1.2, 0.6, 10), True)
+    assert at_goal.tolist() == [False] * 9 + [True]
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    expected = direct_reward(model, tokenizer, frames, GOAL, BASELINE, alpha, cfg["mean"], cfg["std"])
+    np.testing.assert_allclose(reward_model(frames), expected, atol=2e-6)
+    single = np.concatenate([reward_model(frames[i: i + 1]) for i in range(len(frames))])
+    np.testing.assert_allclose(reward_model(frames), single, atol=1e-6)
+
+
+def test_stand_in_encoder_sees_the_car(car_position_reward):
+    positions = np.linspace(-1.2, 0.6, 19)
+    frames, _ = mountaincar.landscape_frames(car_position_reward.image_size, positions, True)
+    np.testing.assert_allclose(car_position_reward(frames), CarPositionEncoder.expected_reward(positions),
+                               atol=0.12)
+
+
+# --- SAC ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sde", [True, False])
+def test_actor_log_prob_matches_a_sampled_density(sde):
+    """log π(a|s) of the squashed Gaussian, against a histogram of the actions it draws."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    actor = mountaincar.Actor(2, space, 16, sde=sde, log_std_init=-1.0)
+    obs = torch.tensor([[-0.5, 0.01]]).repeat(200_000, 1)
+    exploration = actor.sample_exploration(len(obs)) if sde else None  # one noise draw per sample
+    with torch.no_grad():
+        actions, log_prob, deterministic = actor(obs, exploration)
+    assert actions.abs().max() <= 1 and torch.allclose(deterministic, deterministic[:1])
+    histogram, edges = np.histogram(actions[:, 0].numpy(), bins=40, density=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    density = np.interp(centres, *zip(*sorted(zip(actions[:, 0].numpy(), log_prob.exp().numpy()))))
+    mass = histogram > 0.05 * histogram.max()
+    np.testing.assert_allclose(density[mass], histogram[mass], rtol=0.15)
+
+
+def test_gsde_noise_is_a_fixed_function_of_the_state_between_draws():
+    torch.manual_seed(0)
+    actor = mountaincar.Actor(2, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), 16, sde=True, log_std_init=0.0)
+    obs = torch.tensor([[-0.5, 0.01], [-0.3, -0.02]])
+    exploration = actor.sample_exploration(2)
+    with torch.no_grad():
+        first, _, _ = actor(obs, exploration)
+        again, _, _ = actor(obs, exploration)
+        redrawn, _, _ = actor(obs, actor.sample_exploration(2))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, redrawn)
+
+
+# --- training loop -----------------------------------------------------------------------------
+def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
+    name, checkpoint, _ = tiny_clip
+    # A goal inside the start region, so that the ground truth varies and its correlation is defined.
+    reset = mountaincar.CLIPMountainCarEnv.reset
+
+    def reset_with_a_near_goal(self, **kwargs):
+        self.goal_position = -0.5
+        return reset(self, **kwargs)
+
+    monkeypatch.setattr(mountaincar.CLIPMountainCarEnv, "reset", reset_with_a_near_goal)
+    args = short_args(tmp_path, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, save_model=True,
+                      capture_video=True, video_interval=400)
+    result = mountaincar.main(args)
+    scalars = read_scalars(result["run_dir"])
+    missing = (REQUIRED_KEYS | {"losses/actor_loss", "losses/ent_coef"}) - set(scalars)
+    assert not missing, missing
+    assert len(scalars["losses/td_loss"]) == 6  # training phases at steps 320, 384, ..., 640
+    for key in ("losses/td_loss", "losses/q_values", "losses/actor_loss"):
+        assert all(np.isfinite(v) for _, v in scalars[key]), key
+    assert len(scalars["charts/episodic_return"]) == 640 // 50 // 2 * 2
+    files = os.listdir(result["run_dir"])
+    assert "reward_landscape.png" in files
+    assert sorted(os.listdir(os.path.join(result["run_dir"], "videos"))) == ["eval_step2.gif", "eval_step400.gif"]
+
+    saved = torch.load(result["model_path"])
+    actor = mountaincar.Actor(2, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), args.hidden_size, True,
+                              args.log_std_init)
+    initial = {k: v.clone() for k, v in actor.state_dict().items()}
+    actor.load_state_dict(saved["actor"])
+    assert any(not torch.equal(initial[k], v) for k, v in actor.state_dict().items() if "action_" not in k)
+
+
+def test_stored_rewards_are_those_of_the_states_reached(car_position_reward, tmp_path):
+    """Every reward in the buffer equals the stand-in's reward of that transition's own next_obs."""
+    result = mountaincar.main(short_args(tmp_path, total_timesteps=400, learning_starts=400, episode_length=30,
+                                         num_envs=3, clip_batch_size=64), reward_model=car_position_reward)
+    rb = result["replay_buffer"]
+    expected = CarPositionEncoder.expected_reward(rb.next_obs[: rb.pos, 0])
+    np.testing.assert_allclose(rb.rewards[: rb.pos], expected, atol=0.12)
+    episode_ends = np.nonzero((np.arange(rb.pos) // 3 + 1) % 30 == 0)[0]  # last transition of each episode
+    np.testing.assert_allclose(rb.rewards[episode_ends], expected[episode_ends], atol=0.12)
+
+
+def test_ground_truth_reward_loads_no_clip(tmp_path):
+    result = mountaincar.main(short_args(tmp_path, reward="ground-truth", clip_model="no-such-model",
+                                         total_timesteps=400))
+    rb = result["replay_buffer"]
+    np.testing.assert_array_equal(rb.rewards[: rb.pos], (rb.next_obs[: rb.pos, 0] >= 0.45).astype(np.float32))
+    scalars = read_scalars(result["run_dir"])
+    assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars
