@@ -475,9 +475,10 @@ class RewardQueue:
 
 
 class EpisodeStats:
-    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns.
+    """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
 
-    `is_success(ground-truth return) -> bool` says what success means in this environment.
+    `is_success(ground-truth return) -> bool` says what success means in this environment (None:
+    there is no such criterion). A NaN ground-truth reward means the environment has none.
     """
 
     def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
@@ -490,15 +491,18 @@ class EpisodeStats:
         for env_id, true_reward, clip_reward, episode_end in entries:
             self.true_return[env_id] += true_reward
             self.clip_return[env_id] += clip_reward
-            if not np.isnan(clip_reward):
+            if not (np.isnan(clip_reward) or np.isnan(true_reward)):
                 self.recent_pairs.append((clip_reward, true_reward))
             if episode_end:
-                success = float(self.is_success(self.true_return[env_id]))
-                self.successes.append(success)
-                self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
-                self.writer.add_scalar("charts/success_rate", success, global_step)
+                if not np.isnan(true_reward):
+                    self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
+                if self.is_success is not None:
+                    success = float(self.is_success(self.true_return[env_id]))
+                    self.successes.append(success)
+                    self.writer.add_scalar("charts/success_rate", success, global_step)
                 if not np.isnan(clip_reward):
                     self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
+                    self.writer.add_scalar("charts/last_frame_clip_reward", clip_reward, global_step)
                 self.true_return[env_id] = self.clip_return[env_id] = 0.0
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
@@ -736,7 +740,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
         td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
-        sps=global_step / (time.time() - start_time), timings=timings, precision=getattr(reward_model, "precision", None),
+        sps=global_step / (time.time() - start_time), timings=timings,
+        precision=getattr(reward_model, "precision", None),
     )
     writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
     writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)

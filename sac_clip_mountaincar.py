@@ -80,7 +80,7 @@ class Args:
 
     # Environment
     textured: bool = True
-    """if toggled, the picture-like scene the paper needed; `--no-textured`: gymnasium's flat drawing (the paper's ablation)"""
+    """if toggled, the picture-like scene the paper needed; `--no-textured`: gymnasium's flat drawing (ablation)"""
     num_envs: int = 1
     """the number of parallel environments"""
     episode_length: int = 200
@@ -112,7 +112,7 @@ class Args:
     autotune: bool = False
     """if toggled, the entropy coefficient is tuned towards a target entropy of -action_dim"""
     sde: bool = True
-    """if toggled, generalized state-dependent exploration (gSDE): noise that is a function of the state, held for `sde-sample-freq` steps; `--no-sde`: independent Gaussian noise every step"""
+    """if toggled, gSDE: exploration noise that is a function of the state, redrawn every `sde-sample-freq` steps; `--no-sde`: new Gaussian noise every step"""
     sde_sample_freq: int = 32
     """environment steps between two draws of the exploration matrix (with `--sde`)"""
     log_std_init: float = -3.67
@@ -529,9 +529,10 @@ class RewardQueue:
 
 
 class EpisodeStats:
-    """Per-env running sums; a finished episode is logged with ground-truth and CLIP returns.
+    """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
 
-    `is_success(ground-truth return) -> bool` says what success means in this environment.
+    `is_success(ground-truth return) -> bool` says what success means in this environment (None:
+    there is no such criterion). A NaN ground-truth reward means the environment has none.
     """
 
     def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
@@ -544,15 +545,18 @@ class EpisodeStats:
         for env_id, true_reward, clip_reward, episode_end in entries:
             self.true_return[env_id] += true_reward
             self.clip_return[env_id] += clip_reward
-            if not np.isnan(clip_reward):
+            if not (np.isnan(clip_reward) or np.isnan(true_reward)):
                 self.recent_pairs.append((clip_reward, true_reward))
             if episode_end:
-                success = float(self.is_success(self.true_return[env_id]))
-                self.successes.append(success)
-                self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
-                self.writer.add_scalar("charts/success_rate", success, global_step)
+                if not np.isnan(true_reward):
+                    self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
+                if self.is_success is not None:
+                    success = float(self.is_success(self.true_return[env_id]))
+                    self.successes.append(success)
+                    self.writer.add_scalar("charts/success_rate", success, global_step)
                 if not np.isnan(clip_reward):
                     self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
+                    self.writer.add_scalar("charts/last_frame_clip_reward", clip_reward, global_step)
                 self.true_return[env_id] = self.clip_return[env_id] = 0.0
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
@@ -563,9 +567,30 @@ class EpisodeStats:
 # ---------------------------------------------------------------------------------------------
 # SAC networks: twin soft Q-functions and a squashed Gaussian actor with state-dependent noise
 # ---------------------------------------------------------------------------------------------
-class SoftQNetwork(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int):
+# ==== BEGIN SHARED BLOCK: sac (identical in every script; tests/test_shared_blocks.py) ====
+class ScaleToUnit(nn.Module):
+    """Maps bounded observations from their bounds to [-1, 1]; unbounded ones pass unchanged.
+
+    MountainCar's velocity (±0.07) would otherwise be invisible next to its position (-1.2..0.6),
+    and pushing along the velocity is what climbs the hill.
+    """
+
+    def __init__(self, observation_space):
         super().__init__()
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in (observation_space.low, observation_space.high))
+        bounded = torch.isfinite(low) & torch.isfinite(high)
+        self.register_buffer("centre", torch.where(bounded, (high + low) / 2, 0.0))
+        self.register_buffer("half_range", torch.where(bounded, (high - low) / 2, 1.0))
+
+    def forward(self, obs):
+        return (obs - self.centre) / self.half_range
+
+
+class SoftQNetwork(nn.Module):
+    def __init__(self, observation_space, action_dim: int, hidden_size: int):
+        super().__init__()
+        obs_dim = observation_space.shape[0]
+        self.scale = ScaleToUnit(observation_space)
         self.network = nn.Sequential(
             nn.Linear(obs_dim + action_dim, hidden_size), nn.ReLU(),
             nn.Linear(hidden_size, hidden_size), nn.ReLU(),
@@ -573,7 +598,7 @@ class SoftQNetwork(nn.Module):
         )
 
     def forward(self, obs, actions):
-        return self.network(torch.cat([obs, actions], dim=1)).squeeze(1)
+        return self.network(torch.cat([self.scale(obs), actions], dim=1)).squeeze(1)
 
 
 LOG_STD_MIN, LOG_STD_MAX = -5, 2  # range of the state-dependent log std without gSDE (as CleanRL)
@@ -590,11 +615,11 @@ class Actor(nn.Module):
     φ(s)² · σ_W² per action, which gives the log-probability. Without gSDE: u ~ N(μ(s), σ(s)²).
     """
 
-    def __init__(self, obs_dim: int, action_space, hidden_size: int, sde: bool, log_std_init: float):
+    def __init__(self, observation_space, action_space, hidden_size: int, sde: bool, log_std_init: float):
         super().__init__()
-        action_dim = int(np.prod(action_space.shape))
+        obs_dim, action_dim = observation_space.shape[0], int(np.prod(action_space.shape))
         self.sde = sde
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(),
+        self.trunk = nn.Sequential(ScaleToUnit(observation_space), nn.Linear(obs_dim, hidden_size), nn.ReLU(),
                                    nn.Linear(hidden_size, hidden_size), nn.ReLU())
         self.mean = nn.Linear(hidden_size, action_dim)
         if sde:
@@ -634,6 +659,69 @@ class Actor(nn.Module):
         log_prob -= torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)  # change of variables
         action = squashed * self.action_scale + self.action_bias
         return action, log_prob.sum(dim=-1), torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class SoftActorCritic:
+    """SAC (Haarnoja et al., 2018) as SB3 runs it, the library of the paper's code: every gradient
+    step updates both critics, then the actor, then the entropy coefficient (with `--autotune`),
+    then moves the target critics towards the critics by `tau`."""
+
+    def __init__(self, observation_space, action_space, args, device):
+        action_dim = int(np.prod(action_space.shape))
+        self.gamma, self.tau = args.gamma, args.tau
+        self.actor = Actor(observation_space, action_space, args.hidden_size, args.sde, args.log_std_init).to(device)
+        self.qf1, self.qf2, self.qf1_target, self.qf2_target = (
+            SoftQNetwork(observation_space, action_dim, args.hidden_size).to(device) for _ in range(4))
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.learning_rate)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
+        self.autotune = args.autotune
+        if args.autotune:
+            self.target_entropy = -float(action_dim)
+            self.log_ent_coef = torch.zeros(1, requires_grad=True, device=device)
+            self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=args.learning_rate)
+            self.ent_coef = 1.0
+        else:
+            self.ent_coef = args.ent_coef
+
+    def update(self, obs, actions, rewards, next_obs, terminations) -> dict:
+        # Critics: soft Bellman target from the target critics, bootstrapped unless the state is terminal.
+        with torch.no_grad():
+            next_actions, next_log_pi, _ = self.actor(next_obs)
+            next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
+            td_target = rewards + self.gamma * (1 - terminations) * (next_q - self.ent_coef * next_log_pi)
+        qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
+        qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
+        self.q_optimizer.zero_grad()
+        qf_loss.backward()
+        self.q_optimizer.step()
+
+        # Actor: maximise the soft value of its own (reparameterised) actions.
+        pi, log_pi, _ = self.actor(obs)
+        actor_loss = (self.ent_coef * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+
+        # Entropy coefficient: raised when the policy's entropy is below the target, lowered above it.
+        if self.autotune:
+            ent_coef_loss = -(self.log_ent_coef * (log_pi.detach() + self.target_entropy)).mean()
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+            self.ent_coef = self.log_ent_coef.exp().item()
+
+        with torch.no_grad():  # Polyak averaging of the target critics
+            for net, target in ((self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
+                for param, target_param in zip(net.parameters(), target.parameters()):
+                    target_param.lerp_(param, self.tau)
+        return dict(td_loss=qf_loss.item() / 2, q_values=qf1_values.mean().item(), actor_loss=actor_loss.item(),
+                    ent_coef=self.ent_coef)
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "qf1": self.qf1.state_dict(), "qf2": self.qf2.state_dict()}
+# ==== END SHARED BLOCK: sac ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,29 +840,15 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.episode_length, frame_size, args.textured) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    obs_dim = envs.single_observation_space.shape[0]
-    action_shape = envs.single_action_space.shape
-    actor = Actor(obs_dim, envs.single_action_space, args.hidden_size, args.sde, args.log_std_init).to(device)
-    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, int(np.prod(action_shape)), args.hidden_size).to(device)
-                                        for _ in range(4))
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.learning_rate)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
-    if args.autotune:
-        target_entropy = -float(np.prod(action_shape))
-        log_ent_coef = torch.zeros(1, requires_grad=True, device=device)
-        ent_coef = log_ent_coef.exp().item()
-        ent_coef_optimizer = torch.optim.Adam([log_ent_coef], lr=args.learning_rate)
-    else:
-        ent_coef = args.ent_coef
-
-    rb = ReplayBuffer(args.buffer_size, obs_dim, action_shape, np.float32, device)
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    agent = SoftActorCritic(observation_space, action_space, args, device)
+    actor = agent.actor  # acts in the envs; agent.update trains it
+    rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
     is_success = lambda true_return: true_return > 0  # noqa: E731  (the car reached the flag)
     queue, stats = RewardQueue(), EpisodeStats(args.num_envs, is_success, writer)
     timings = dict(rendering=0.0, clip=0.0, updates=0.0)
     start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
-    td_loss = q_values = actor_loss = None
+    losses = {}
 
     def flush_rewards():
         start = time.perf_counter()
@@ -817,51 +891,20 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             start = time.perf_counter()
             n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
             for _ in range(n_updates):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
-                # Critics: soft Bellman target from the target critics, bootstrapped unless terminal.
-                with torch.no_grad():
-                    next_actions, next_log_pi, _ = actor(b_next_obs)
-                    next_q = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                    td_target = b_rewards + args.gamma * (1 - b_terminations) * (next_q - ent_coef * next_log_pi)
-                qf1_values, qf2_values = qf1(b_obs, b_actions), qf2(b_obs, b_actions)
-                qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                q_optimizer.step()
-
-                # Actor: maximise the soft value of its own (reparameterised) actions.
-                pi, log_pi, _ = actor(b_obs)
-                actor_loss = (ent_coef * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                actor_optimizer.step()
-                if args.autotune:
-                    ent_coef_loss = -(log_ent_coef * (log_pi.detach() + target_entropy)).mean()
-                    ent_coef_optimizer.zero_grad()
-                    ent_coef_loss.backward()
-                    ent_coef_optimizer.step()
-                    ent_coef = log_ent_coef.exp().item()
-
-                with torch.no_grad():  # Polyak averaging of the target critics
-                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                        for param, target_param in zip(net.parameters(), target.parameters()):
-                            target_param.lerp_(param, args.tau)
-            td_loss, q_values, actor_loss = qf_loss.item() / 2, qf1_values.mean().item(), actor_loss.item()
+                losses = agent.update(*rb.sample(args.batch_size))
             timings["updates"] += time.perf_counter() - start
             steps_since_training = 0
-            writer.add_scalar("losses/td_loss", td_loss, global_step)
-            writer.add_scalar("losses/q_values", q_values, global_step)
-            writer.add_scalar("losses/actor_loss", actor_loss, global_step)
-            writer.add_scalar("losses/ent_coef", ent_coef, global_step)
-            writer.add_scalar("charts/action_noise_std", actor.log_std.exp().mean().item() if args.sde
-                              else float("nan"), global_step)
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            if args.sde:
+                writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             for phase, seconds in timings.items():
                 writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
             if global_step % 1000 < args.train_frequency:
                 recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
-                print(f"step {global_step}: SPS {sps}, td_loss {td_loss:.4g}, q {q_values:.4g}, "
+                print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
                       f"success (last 10 episodes) {recent}")
 
         if args.capture_video and global_step >= next_video:
@@ -880,7 +923,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        td_loss=td_loss, q_values=q_values, actor_loss=actor_loss, global_step=global_step, run_dir=run_dir,
+        **losses, global_step=global_step, run_dir=run_dir,
         replay_buffer=rb, sps=global_step / (time.time() - start_time), timings=timings,
         precision=getattr(reward_model, "precision", None),
     )
@@ -890,7 +933,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
-        torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, model_path)
+        torch.save(agent.state_dict(), model_path)
         final["model_path"] = model_path
         print(f"model saved to {model_path}")
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "

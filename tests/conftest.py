@@ -118,22 +118,26 @@ class PoleTiltEncoder(StandInEncoder):
 
 
 class CarPositionEncoder(StandInEncoder):
-    """Sees MountainCar's red car: φ = π (0.45 - x) / 1.65 clipped to [0, π], x read from the car's pixels.
+    """Sees MountainCar's red car: φ = π (0.45 - x) / span clipped to [0, π], x read from the car's pixels.
 
-    The reward is 1 at the flag (x ≥ 0.45) and falls linearly in φ to -1 at the left end (x = -1.2).
+    The reward cos φ is 1 at the flag (x ≥ 0.45) and falls to -1 at x = 0.45 - span and beyond;
+    `span` = 1.65 makes it fall all the way to the left end of the track (x = -1.2).
     """
 
     goal_word = "peak"
 
-    @staticmethod
-    def expected_reward(x):
-        return np.cos(np.pi * np.clip((0.45 - np.asarray(x)) / 1.65, 0, 1))
+    def __init__(self, size=(96, 96), span=1.65):
+        super().__init__(size)
+        self.span = span
+
+    def expected_reward(self, x):
+        return np.cos(np.pi * np.clip((0.45 - np.asarray(x)) / self.span, 0, 1))
 
     def angle(self, pixels):
         red = (pixels[:, 0] > 150) & (pixels[:, 1] < 60) & (pixels[:, 2] < 70)
         car_x, _ = self.centroid(red)
         position = -1.2 + (car_x + 0.5) / pixels.shape[-1] * 1.8  # the frame spans x in [-1.2, 0.6]
-        return (np.pi * (0.45 - position) / 1.65).clamp(0, np.pi)
+        return (np.pi * (0.45 - position) / self.span).clamp(0, np.pi)
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from conftest import CarPositionEncoder, mountaincar, read_scalars
 from test_reward import direct_reward
 from test_training import REQUIRED_KEYS
 
+OBSERVATION_SPACE = mountaincar.CLIPMountainCarEnv().observation_space
+ACTION_SPACE = mountaincar.CLIPMountainCarEnv().action_space
 GOAL = ("a car at the peak of the mountain, next to the yellow flag",)
 BASELINE = ("a car in the mountain",)
 
@@ -137,7 +139,7 @@ def test_reward_on_mountaincar_frames_matches_the_formula(tiny_clip, alpha):
 def test_stand_in_encoder_sees_the_car(car_position_reward):
     positions = np.linspace(-1.2, 0.6, 19)
     frames, _ = mountaincar.landscape_frames(car_position_reward.image_size, positions, True)
-    np.testing.assert_allclose(car_position_reward(frames), CarPositionEncoder.expected_reward(positions),
+    np.testing.assert_allclose(car_position_reward(frames), car_position_reward.model.expected_reward(positions),
                                atol=0.12)
 
 
@@ -146,8 +148,7 @@ def test_stand_in_encoder_sees_the_car(car_position_reward):
 def test_actor_log_prob_matches_a_sampled_density(sde):
     """log π(a|s) of the squashed Gaussian, against a histogram of the actions it draws."""
     torch.manual_seed(0)
-    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    actor = mountaincar.Actor(2, space, 16, sde=sde, log_std_init=-1.0)
+    actor = mountaincar.Actor(OBSERVATION_SPACE, ACTION_SPACE, 16, sde=sde, log_std_init=-1.0)
     obs = torch.tensor([[-0.5, 0.01]]).repeat(200_000, 1)
     exploration = actor.sample_exploration(len(obs)) if sde else None  # one noise draw per sample
     with torch.no_grad():
@@ -162,7 +163,7 @@ def test_actor_log_prob_matches_a_sampled_density(sde):
 
 def test_gsde_noise_is_a_fixed_function_of_the_state_between_draws():
     torch.manual_seed(0)
-    actor = mountaincar.Actor(2, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), 16, sde=True, log_std_init=0.0)
+    actor = mountaincar.Actor(OBSERVATION_SPACE, ACTION_SPACE, 16, sde=True, log_std_init=0.0)
     obs = torch.tensor([[-0.5, 0.01], [-0.3, -0.02]])
     exploration = actor.sample_exploration(2)
     with torch.no_grad():
@@ -199,8 +200,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
     assert sorted(os.listdir(os.path.join(result["run_dir"], "videos"))) == ["eval_step2.gif", "eval_step400.gif"]
 
     saved = torch.load(result["model_path"])
-    actor = mountaincar.Actor(2, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), args.hidden_size, True,
-                              args.log_std_init)
+    actor = mountaincar.Actor(OBSERVATION_SPACE, ACTION_SPACE, args.hidden_size, True, args.log_std_init)
     initial = {k: v.clone() for k, v in actor.state_dict().items()}
     actor.load_state_dict(saved["actor"])
     assert any(not torch.equal(initial[k], v) for k, v in actor.state_dict().items() if "action_" not in k)
@@ -211,7 +211,7 @@ def test_stored_rewards_are_those_of_the_states_reached(car_position_reward, tmp
     result = mountaincar.main(short_args(tmp_path, total_timesteps=400, learning_starts=400, episode_length=30,
                                          num_envs=3, clip_batch_size=64), reward_model=car_position_reward)
     rb = result["replay_buffer"]
-    expected = CarPositionEncoder.expected_reward(rb.next_obs[: rb.pos, 0])
+    expected = car_position_reward.model.expected_reward(rb.next_obs[: rb.pos, 0])
     np.testing.assert_allclose(rb.rewards[: rb.pos], expected, atol=0.12)
     episode_ends = np.nonzero((np.arange(rb.pos) // 3 + 1) % 30 == 0)[0]  # last transition of each episode
     np.testing.assert_allclose(rb.rewards[episode_ends], expected[episode_ends], atol=0.12)

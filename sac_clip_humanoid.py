@@ -1,0 +1,1018 @@
+"""SAC on the MuJoCo Humanoid with a CLIP reward model (VLM-RM): a humanoid taught by one sentence.
+
+Reproduces the headline experiment of "Vision-Language Models are Zero-Shot Reward Models for
+Reinforcement Learning" (Rocamonde et al., ICLR 2024). The humanoid never sees a hand-written
+reward: every state it reaches is rendered in a realistic scene (sky, stone floor, a brushed-metal
+robot, a camera in front of it), embedded by CLIP and compared with the embedding of a sentence
+("a humanoid robot kneeling"), sharpened by a baseline sentence ("a humanoid robot") through
+goal-baseline projection with weight alpha.
+
+    python sac_clip_humanoid.py --prompt "a humanoid robot kneeling" --alpha 0.5
+    python sac_clip_humanoid.py --prompt "a humanoid robot seated down, meditating in the lotus position"
+    python sac_clip_humanoid.py --no-textured --camera stock        # the paper's ablation: stock scene
+    python sac_clip_humanoid.py --reward ground-truth --episode-length 1000   # the SAC half alone
+
+Read top to bottom: the choice of a headless OpenGL backend, arguments, the environment (the
+paper's changes, a generated scene and camera), the CLIP reward, the replay buffer and the queue
+that batches frames through CLIP, SAC, evaluation with image strips, then the training loop.
+"""
+
+import atexit
+import copy
+import functools
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+def choose_gl_backend() -> str | None:
+    """Headless MuJoCo rendering: EGL (a GPU, or Mesa's software EGL on a CPU), else OSMesa.
+
+    MuJoCo reads MUJOCO_GL when it is imported, so this runs first. Each backend is tried in a
+    subprocess (a failed OpenGL start can abort a process). A MUJOCO_GL set by the user is kept.
+    Returns the backend, or None when none works (the error comes when a frame is needed).
+    """
+    if os.environ.get("MUJOCO_GL"):
+        return os.environ["MUJOCO_GL"]
+    probe = "import mujoco; context = mujoco.GLContext(16, 16); context.make_current(); context.free()"
+    for backend in ("egl", "osmesa"):
+        env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
+        try:
+            ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120).returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
+        if ok:
+            os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = backend
+            return backend
+    os.environ["MUJOCO_GL"] = "disable"  # import mujoco without any OpenGL; simulation still works
+    return None
+
+
+GL_BACKEND = choose_gl_backend()
+
+import gymnasium as gym  # noqa: E402  (after MUJOCO_GL is set)
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
+from gymnasium.envs.mujoco.humanoid_v5 import DEFAULT_CAMERA_CONFIG, HumanoidEnv  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, CUDA is used when available (CLIP and the SAC networks)"""
+    output_dir: str = "runs"
+    """folder that receives `<run name>/` with TensorBoard logs, image strips, videos and the model"""
+    capture_video: bool = False
+    """if toggled, a deterministic evaluation episode is saved as a GIF with the CLIP reward drawn on it"""
+    video_interval: int = 500_000
+    """environment steps between two evaluations (image strip; GIF with `--capture-video`)"""
+    save_model: bool = False
+    """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
+
+    # Reward
+    reward: Literal["clip", "ground-truth"] = "clip"
+    """`clip`: the CLIP reward; `ground-truth`: gymnasium's Humanoid reward, with its termination (no CLIP model is loaded)"""
+    prompt: tuple[str, ...] = ("a humanoid robot kneeling",)
+    """goal prompt(s); several are averaged into one goal embedding"""
+    baseline_prompt: tuple[str, ...] = ("a humanoid robot",)
+    """baseline prompt(s) for goal-baseline projection; several are averaged"""
+    alpha: float = 0.0
+    """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
+    clip_model: str = "ViT-bigG-14"
+    """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14)"""
+    clip_pretrained: str = "laion2b_s39b_b160k"
+    """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """CLIP image-encoder precision; `auto` measures each on frames of random poses and takes the fastest that stays faithful to fp32"""
+    clip_batch_size: int = 3200
+    """most frames per CLIP forward pass; frames of all envs and several steps are queued and scored together (paper: 3200)"""
+
+    # Environment
+    textured: bool = True
+    """if toggled, the realistic scene (sky, stone floor, brushed-metal robot); `--no-textured`: gymnasium's stock look"""
+    camera: Literal["paper", "stock"] = "paper"
+    """`paper`: fixed in front of the robot (distance 3.5, look-at (0, 0, 1), elevation -10°, azimuth 180°); `stock`: gymnasium's"""
+    num_envs: int = 32
+    """the number of parallel environments (paper: 32)"""
+    episode_length: int = 100
+    """steps per episode; with the CLIP reward episodes end only by this time limit (truncation, bootstrapped)"""
+
+    # SAC (defaults: the paper's humanoid runs)
+    total_timesteps: int = 10_000_000
+    """total environment steps (summed over all envs)"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size"""
+    gamma: float = 0.95
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient (Polyak update of the target critics after every gradient step)"""
+    batch_size: int = 512
+    """the batch size of samples from the replay memory"""
+    learning_starts: int = 50_000
+    """environment steps before learning starts (random actions until then)"""
+    learning_rate: float = 6e-4
+    """the learning rate of the actor, critics and entropy coefficient"""
+    train_frequency: int = 100
+    """environment steps between two training phases"""
+    gradient_steps: int = 100
+    """gradient steps per training phase (scaled if a phase covers more than `train-frequency` steps)"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the actor and of each critic"""
+    ent_coef: float = 0.1
+    """the entropy coefficient when not `--autotune`"""
+    autotune: bool = True
+    """if toggled, the entropy coefficient is tuned towards a target entropy of -action_dim (SB3's default, which the paper used)"""
+    sde: bool = False
+    """if toggled, gSDE: exploration noise that is a function of the state, redrawn every `sde-sample-freq` steps"""
+    sde_sample_freq: int = 100
+    """environment steps between two draws of the exploration matrix (with `--sde`)"""
+    log_std_init: float = -3.0
+    """initial log standard deviation of the exploration weights (with `--sde`)"""
+    eval_episodes: int = 4
+    """deterministic evaluation episodes at the end of training"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: gymnasium's Humanoid (v5) as the paper set it up, in a realistic scene
+# ---------------------------------------------------------------------------------------------
+PAPER_CAMERA = {"distance": 3.5, "lookat": np.array([0.0, 0.0, 1.0]), "elevation": -10.0, "azimuth": 180.0}
+
+
+def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
+    noise = np.zeros((height, width))
+    for octave in range(octaves):
+        cells = base_cells * 2 ** octave
+        grid = rng.random((cells + 1, cells + 1))
+        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
+        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+        fy, fx = (ys - y0)[:, None], xs - x0
+        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
+    return (noise - noise.min()) / (noise.max() - noise.min())
+
+
+def sky_texture(rng, face: int = 256) -> np.ndarray:
+    """A skybox in MuJoCo's 3x4 cross layout: blue sky fading to a pale horizon, soft clouds, grey ground."""
+    rows = np.linspace(0, 1, face)[:, None, None]  # 0 at the top of a side face, 1 at the horizon row
+    zenith, horizon = np.array([60, 110, 190]), np.array([190, 215, 240])
+
+    def clouds(strength):
+        cover = np.clip((value_noise(rng, face, face, base_cells=3) - 0.45) * 2.5, 0, 1)[..., None]
+        return cover * strength
+
+    def side():
+        upper = zenith + (horizon - zenith) * rows ** 0.7  # upper half of the face: sky
+        upper = upper * (1 - clouds(0.8)) + 250 * clouds(0.8)
+        lower = np.broadcast_to(np.array([120, 120, 115]), (face, face, 3))  # below the horizon
+        image = np.concatenate([upper, lower], axis=0)[::2]  # horizon in the middle of the face
+        return np.broadcast_to(image, (face, face, 3))
+
+    up = zenith * (1 - clouds(0.6)) + 250 * clouds(0.6)
+    down = np.broadcast_to(np.array([110, 110, 105]), (face, face, 3))
+    sheet = np.zeros((3 * face, 4 * face, 3))
+    for (row, col), tile in {(0, 1): up, (1, 0): side(), (1, 1): side(), (1, 2): side(), (1, 3): side(),
+                             (2, 1): down}.items():
+        sheet[row * face: (row + 1) * face, col * face: (col + 1) * face] = tile
+    return sheet.clip(0, 255).astype(np.uint8)
+
+
+def stone_texture(rng, size: int = 512, tiles: int = 4) -> np.ndarray:
+    """Square stone tiles of slightly different shades, grainy, with dark grout between them."""
+    tile = size // tiles
+    shades = rng.uniform(0.8, 1.1, (tiles, tiles))
+    shade = np.kron(shades, np.ones((tile, tile)))[..., None]
+    grain = 0.75 + 0.5 * value_noise(rng, size, size, base_cells=8)[..., None]
+    image = np.array([150, 140, 125]) * shade * grain
+    pos = np.arange(size) % tile
+    grout = (pos[:, None] < 3) | (pos[None, :] < 3)
+    image[grout] = (70, 65, 60)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def brushed_metal_texture(rng, size: int = 256) -> np.ndarray:
+    """Light grey with fine streaks along one direction, as left by brushing."""
+    streaks = rng.normal(0, 1, (size, 1)) * 0.5 + rng.normal(0, 1, (size, size)) * 0.15
+    streaks = np.cumsum(streaks, axis=1) / np.sqrt(np.arange(1, size + 1))  # stretched along x
+    image = 200 + 12 * (streaks - streaks.mean()) / streaks.std()
+    return np.repeat(image[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
+
+
+def humanoid_xml(textured: bool, frame_size, folder: str) -> str:
+    """gymnasium's humanoid.xml, made cheap to render (no shadows, no multisampling) and, with
+    `textured`, dressed as in the paper. Writes the model and its textures into `folder`."""
+    from PIL import Image
+
+    source = os.path.join(os.path.dirname(gym.envs.mujoco.__file__), "assets", "humanoid.xml")
+    root = ET.parse(source).getroot()
+    visual = root.find("visual")
+    height, width = frame_size
+    ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
+    # Shadows and multisampling cost most of a software-rendered frame; the robot's shape stays.
+    ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
+    for light in root.iter("light"):
+        light.set("castshadow", "false")
+    if textured:
+        rng = np.random.default_rng(0)  # the same scene every time
+        for name, image in (("sky.png", sky_texture(rng)), ("stone.png", stone_texture(rng)),
+                            ("metal.png", brushed_metal_texture(rng))):
+            Image.fromarray(image).save(os.path.join(folder, name))
+        asset = root.find("asset")
+        for element in list(asset):
+            asset.remove(element)
+        ET.SubElement(asset, "texture", name="sky", type="skybox", file="sky.png", gridsize="3 4",
+                      gridlayout=".U..LFRB.D..")
+        ET.SubElement(asset, "texture", name="stone", type="2d", file="stone.png")
+        ET.SubElement(asset, "texture", name="metal", type="cube", file="metal.png")
+        ET.SubElement(asset, "material", name="MatPlane", texture="stone", texrepeat="8 8", reflectance="0",
+                      specular="0.1", shininess="0.1")
+        ET.SubElement(asset, "material", name="geom", texture="metal", texuniform="true", specular="0.8",
+                      shininess="0.5", reflectance="0")
+        root.find("default").find("geom").set("rgba", "0.85 0.87 0.9 1")
+        for geom in root.iter("geom"):
+            if geom.get("name") == "floor":
+                geom.set("rgba", "1 1 1 1")
+        visual.find("map").attrib.pop("fogstart", None), visual.find("map").attrib.pop("fogend", None)
+        ET.SubElement(visual, "headlight", ambient="0.35 0.35 0.35", diffuse="0.5 0.5 0.5")
+    path = os.path.join(folder, "humanoid_scene.xml")
+    ET.ElementTree(root).write(path)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def scene_file(textured: bool, frame_size: tuple) -> str:
+    """The scene's XML path, written once per process into a temporary folder removed at exit."""
+    folder = tempfile.mkdtemp(prefix="vlmrm_humanoid_")
+    atexit.register(shutil.rmtree, folder, True)
+    return humanoid_xml(textured, frame_size, folder)
+
+
+class CLIPHumanoidEnv(HumanoidEnv):
+    """gymnasium's Humanoid-v5 with the paper's changes, rendered at CLIP's input size.
+
+    - With the CLIP reward (`terminate=False`) falling does not end the episode; episodes end only
+      by the time limit. `terminate=True` keeps gymnasium's termination (ground-truth runs).
+    - The environment's reward is gymnasium's (forward progress + staying healthy - control cost);
+      the CLIP reward replaces it in training.
+    - `textured`: sky, stone floor and a light brushed-metal robot, generated here; `camera="paper"`:
+      fixed in the world in front of the robot. The model is written to a temporary folder.
+    - Observations are gymnasium's (float64), passed on as float32.
+    """
+
+    def __init__(self, frame_size=(224, 224), textured: bool = True, camera: str = "paper",
+                 terminate: bool = False):
+        height, width = frame_size
+        super().__init__(xml_file=scene_file(textured, tuple(frame_size)), render_mode="rgb_array", width=width,
+                         height=height,
+                         default_camera_config=PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG,
+                         terminate_when_unhealthy=terminate)
+
+    def render(self):
+        if GL_BACKEND is None:
+            fail("no headless OpenGL for MuJoCo: install EGL or OSMesa (Debian: apt-get install libegl1 "
+                 "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
+        return super().render()
+
+
+# ==== BEGIN SHARED BLOCK: frame-in-info (identical in every script; tests/test_shared_blocks.py) ====
+class FrameInInfo(gym.Wrapper):
+    """Renders the state each step reached and returns it as `info["frame"]`.
+
+    The frame comes from the same call as the transition, so the reward of a transition is always
+    computed from the state it reached (the authors' code rendered after the vector env had
+    auto-reset and scored the next episode's first frame instead). `info["render_seconds"]` lets
+    the training loop account for rendering time in any kind of vector env.
+    """
+
+    def _with_frame(self, info):
+        start = time.perf_counter()
+        frame = self.env.render()
+        return {**info, "frame": frame, "render_seconds": time.perf_counter() - start}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._with_frame(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._with_frame(info)
+# ==== END SHARED BLOCK: frame-in-info ====
+
+
+def make_env(episode_length: int, frame_size=None, textured: bool = True, camera: str = "paper",
+             terminate: bool = False):
+    """A thunk for the vector env. `frame_size=None`: no frames are rendered (ground-truth reward)."""
+
+    def thunk():
+        env = CLIPHumanoidEnv(frame_size=frame_size or (224, 224), textured=textured, camera=camera,
+                              terminate=terminate)
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
+        float32_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+        env = gym.wrappers.TransformObservation(env, lambda obs: obs.astype(np.float32), float32_space)
+        if frame_size is not None:
+            env = FrameInInfo(env)
+        return env
+
+    return thunk
+
+
+# ==== BEGIN SHARED BLOCK: clip-reward (identical in every script; tests/test_shared_blocks.py) ====
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fail(message: str):
+    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_reward_args(args, loads_weights: bool = True):
+    """Check the reward flags before anything expensive is loaded."""
+    if not 0.0 <= args.alpha <= 1.0:
+        fail(f"--alpha must be in [0, 1] (0 = plain cosine similarity, 1 = full projection), got {args.alpha}.")
+    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
+        if not prompts or any(not p.strip() for p in prompts):
+            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
+    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
+        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
+    if args.clip_batch_size < 1:
+        fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
+    if args.reward == "ground-truth" or not loads_weights:
+        return
+    if args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
+             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14.")
+    if not os.path.isfile(args.clip_pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
+        looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
+            (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+        if looks_like_path or args.clip_pretrained not in tags:
+            fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a "
+                 f"pretrained tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
+
+
+def load_clip(model_name: str, pretrained: str, device):
+    """An open_clip model (eval mode, no grads) and its tokenizer, from a tag or a checkpoint file."""
+    if not os.path.isfile(pretrained):
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
+        try:  # download first, apart from building, so that only a download problem reads as one
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+        except Exception as e:
+            fail(f"could not download the {pretrained!r} weights of {model_name} ({type(e).__name__}): run once "
+                 "where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
+                 "with the path of a local checkpoint file.")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        fail(f"--clip-pretrained {pretrained!r} could not be loaded into {model_name}: {first_line}")
+    return model.eval().requires_grad_(False), tokenizer
+
+
+class CLIPReward(nn.Module):
+    """The VLM-RM reward (paper, section 3).
+
+    s = unit image embedding of a frame, g / b = mean unit text embedding of the goal / baseline
+    prompts, d = g - b, P = d dᵀ / ‖d‖², M = α P + (1 - α) I, and
+
+        R(s) = 1 - ½ ‖M (s - g)‖²
+
+    With α = 0 and one goal prompt, R = s·g (cosine similarity). With α = 1 only the component of
+    s - g along the baseline-to-goal direction counts.
+    """
+
+    def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
+                 device="cpu", batch_size: int = 256):
+        super().__init__()
+        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+        self.precision = "fp32"
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"]
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
+        self.register_buffer("mean", torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1))
+
+        goal = self.embed_prompts(tokenizer, goal_prompts)
+        baseline = self.embed_prompts(tokenizer, baseline_prompts)
+        direction = goal - baseline
+        if alpha > 0 and direction.norm() < 1e-6:
+            fail("--prompt and --baseline-prompt give the same embedding, so --alpha > 0 has no direction to "
+                 "project on: choose a baseline that differs from the goal, or --alpha 0.")
+        projection = torch.outer(direction, direction) / direction.norm().clamp_min(1e-12) ** 2
+        identity = torch.eye(len(goal), device=self.device)
+        self.register_buffer("goal", goal)
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projection", alpha * projection + (1 - alpha) * identity)  # M (symmetric)
+
+    @torch.no_grad()
+    def embed_prompts(self, tokenizer, prompts) -> torch.Tensor:
+        tokens = tokenizer(list(prompts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+
+    def cast(self, precision: str):
+        """Run the image encoder in fp32, bf16 or fp16 (text embeddings stay the fp32 ones)."""
+        self.model.to(TORCH_DTYPES[precision])
+        self.precision = precision
+        return self
+
+    @torch.no_grad()
+    def embed_images(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
+        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
+        if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
+        x = ((x - self.mean) / self.std).to(TORCH_DTYPES[self.precision])
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        residual = (image_embeddings - self.goal) @ self.projection
+        return 1.0 - 0.5 * residual.pow(2).sum(dim=-1)
+
+    @torch.no_grad()
+    def forward(self, frames) -> np.ndarray:
+        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `batch_size` frames."""
+        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.batch_size]))
+                   for i in range(0, len(frames), self.batch_size)]
+        return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
+
+
+def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp16"), tolerance=0.05):
+    """Score `frames` in fp32 and in each candidate precision (on copies of the model).
+
+    A precision is faithful when its largest reward error is at most `tolerance` times the spread
+    of the fp32 rewards over the frames: errors small against the differences the agent must see.
+    Returns one row per precision with seconds per frame, error, spread, Spearman correlation.
+    """
+
+    def timed_rewards(model):
+        model(frames[:1])  # warm-up (kernel selection, lazy init)
+        start = time.perf_counter()
+        rewards = model(frames)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return rewards, (time.perf_counter() - start) / len(frames)
+
+    reference, fp32_seconds = timed_rewards(reward_model)
+    spread = float(reference.max() - reference.min())
+    rows = [dict(precision="fp32", seconds_per_frame=fp32_seconds, max_error=0.0, spread=spread,
+                 spearman=1.0, faithful=True)]
+    for precision in candidates:
+        try:
+            rewards, seconds = timed_rewards(copy.deepcopy(reward_model).cast(precision))
+        except RuntimeError:  # e.g. an op without a kernel for this dtype on this device
+            continue
+        error = float(np.abs(rewards - reference).max())
+        spearman = float(np.corrcoef(np.argsort(np.argsort(rewards)), np.argsort(np.argsort(reference)))[0, 1])
+        rows.append(dict(precision=precision, seconds_per_frame=seconds, max_error=error, spread=spread,
+                         spearman=spearman, faithful=error <= tolerance * spread))
+    return rows
+
+
+def fastest_faithful(rows) -> str:
+    return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
+
+
+def set_precision(reward_model: CLIPReward, frames, precision: str):
+    """Cast to `--clip-precision`; with `auto`, measure on `frames` and take the fastest faithful one."""
+    if precision == "auto":
+        rows = measure_precisions(reward_model, frames)
+        for row in rows:
+            print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
+                  f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
+        precision = fastest_faithful(rows)
+    reward_model.cast(precision)
+    print(f"CLIP image encoder runs in {precision}")
+# ==== END SHARED BLOCK: clip-reward ====
+
+
+# ==== BEGIN SHARED BLOCK: seeding (identical in every script; tests/test_shared_blocks.py) ====
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# ==== END SHARED BLOCK: seeding ====
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer, and the queue that scores frames in large CLIP batches
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: replay (identical in every script; tests/test_shared_blocks.py) ====
+class ReplayBuffer:
+    """Transitions in a ring; rewards are written later, when their frames have been scored."""
+
+    def __init__(self, size: int, obs_dim: int, action_shape: tuple, action_dtype, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
+        self.rewards = np.zeros(size, dtype=np.float32)
+        self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
+
+    def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
+        """Store a batch of transitions; returns their slots, for the rewards to come."""
+        slots = (self.pos + np.arange(len(obs))) % self.size
+        self.obs[slots], self.next_obs[slots] = obs, next_obs
+        self.actions[slots], self.terminations[slots] = actions, terminations
+        self.full = self.full or self.pos + len(obs) >= self.size
+        self.pos = (self.pos + len(obs)) % self.size
+        return slots
+
+    def sample(self, batch_size: int):
+        idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
+        as_tensor = lambda a: torch.as_tensor(a[idx], device=self.device)  # noqa: E731
+        return (as_tensor(self.obs), as_tensor(self.actions), as_tensor(self.rewards),
+                as_tensor(self.next_obs), as_tensor(self.terminations))
+
+
+class RewardQueue:
+    """Transitions waiting for their reward, so that CLIP scores many frames in one call.
+
+    Each entry: replay slot, env index, frame, ground-truth reward, and whether its episode ended
+    there. `flush` scores all frames at once, writes the rewards into the buffer and returns the
+    entries in order so that episode statistics are accumulated exactly as the steps happened.
+    """
+
+    def __init__(self):
+        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
+
+    def __len__(self):
+        return len(self.slots)
+
+    def put(self, slots, frames, true_rewards, episode_ends):
+        self.slots.extend(slots)
+        self.env_ids.extend(range(len(slots)))
+        self.frames.extend(frames if frames is not None else [None] * len(slots))
+        self.true_rewards.extend(true_rewards)
+        self.episode_ends.extend(episode_ends)
+
+    def flush(self, rb: ReplayBuffer, reward_model):
+        true_rewards = np.asarray(self.true_rewards, dtype=np.float32)
+        clip_rewards = reward_model(np.stack(self.frames)) if reward_model is not None else None
+        rb.rewards[self.slots] = clip_rewards if clip_rewards is not None else true_rewards
+        entries = list(zip(self.env_ids, true_rewards,
+                           clip_rewards if clip_rewards is not None else [np.nan] * len(self), self.episode_ends))
+        self.__init__()
+        return entries
+
+
+class EpisodeStats:
+    """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
+
+    `is_success(ground-truth return) -> bool` says what success means in this environment (None:
+    there is no such criterion). A NaN ground-truth reward means the environment has none.
+    """
+
+    def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
+        self.writer, self.is_success = writer, is_success
+        self.true_return, self.clip_return = np.zeros(num_envs), np.zeros(num_envs)
+        self.successes = deque(maxlen=10)  # for the console and the learning criterion
+        self.recent_pairs = deque(maxlen=10_000)  # (clip, ground-truth) rewards for the correlation
+
+    def add(self, entries, global_step: int):
+        for env_id, true_reward, clip_reward, episode_end in entries:
+            self.true_return[env_id] += true_reward
+            self.clip_return[env_id] += clip_reward
+            if not (np.isnan(clip_reward) or np.isnan(true_reward)):
+                self.recent_pairs.append((clip_reward, true_reward))
+            if episode_end:
+                if not np.isnan(true_reward):
+                    self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
+                if self.is_success is not None:
+                    success = float(self.is_success(self.true_return[env_id]))
+                    self.successes.append(success)
+                    self.writer.add_scalar("charts/success_rate", success, global_step)
+                if not np.isnan(clip_reward):
+                    self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
+                    self.writer.add_scalar("charts/last_frame_clip_reward", clip_reward, global_step)
+                self.true_return[env_id] = self.clip_return[env_id] = 0.0
+        pairs = np.array(self.recent_pairs)
+        if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
+            self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
+# ==== END SHARED BLOCK: replay ====
+
+
+# ---------------------------------------------------------------------------------------------
+# SAC: twin soft Q-functions and a squashed Gaussian actor (optionally with state-dependent noise)
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: sac (identical in every script; tests/test_shared_blocks.py) ====
+class ScaleToUnit(nn.Module):
+    """Maps bounded observations from their bounds to [-1, 1]; unbounded ones pass unchanged.
+
+    MountainCar's velocity (±0.07) would otherwise be invisible next to its position (-1.2..0.6),
+    and pushing along the velocity is what climbs the hill.
+    """
+
+    def __init__(self, observation_space):
+        super().__init__()
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in (observation_space.low, observation_space.high))
+        bounded = torch.isfinite(low) & torch.isfinite(high)
+        self.register_buffer("centre", torch.where(bounded, (high + low) / 2, 0.0))
+        self.register_buffer("half_range", torch.where(bounded, (high - low) / 2, 1.0))
+
+    def forward(self, obs):
+        return (obs - self.centre) / self.half_range
+
+
+class SoftQNetwork(nn.Module):
+    def __init__(self, observation_space, action_dim: int, hidden_size: int):
+        super().__init__()
+        obs_dim = observation_space.shape[0]
+        self.scale = ScaleToUnit(observation_space)
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim + action_dim, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, obs, actions):
+        return self.network(torch.cat([self.scale(obs), actions], dim=1)).squeeze(1)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5, 2  # range of the state-dependent log std without gSDE (as CleanRL)
+
+
+class Actor(nn.Module):
+    """a = tanh(u), scaled to the action bounds, with u = μ(s) + noise.
+
+    With gSDE (Raffin et al., 2022, used by the authors' code) the noise is φ(s)ᵀW: φ(s) the last
+    hidden layer (detached), W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
+    noise is a fixed function of the state, so the car keeps pushing the same way in the same
+    situation and can rock itself up the hill; noise drawn anew every step mostly cancels out
+    (MountainCar's classic exploration trap). Given φ(s), the noise is Gaussian with variance
+    φ(s)² · σ_W² per action, which gives the log-probability. Without gSDE: u ~ N(μ(s), σ(s)²).
+    """
+
+    def __init__(self, observation_space, action_space, hidden_size: int, sde: bool, log_std_init: float):
+        super().__init__()
+        obs_dim, action_dim = observation_space.shape[0], int(np.prod(action_space.shape))
+        self.sde = sde
+        self.trunk = nn.Sequential(ScaleToUnit(observation_space), nn.Linear(obs_dim, hidden_size), nn.ReLU(),
+                                   nn.Linear(hidden_size, hidden_size), nn.ReLU())
+        self.mean = nn.Linear(hidden_size, action_dim)
+        if sde:
+            self.log_std = nn.Parameter(torch.full((hidden_size, action_dim), log_std_init))  # log σ_W
+        else:
+            self.log_std = nn.Linear(hidden_size, action_dim)
+        self.register_buffer("action_scale", torch.tensor((action_space.high - action_space.low) / 2.0,
+                                                          dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((action_space.high + action_space.low) / 2.0,
+                                                         dtype=torch.float32))
+
+    def sample_exploration(self, *batch_shape) -> torch.Tensor:
+        """Standard normal ε for gSDE's weights W = σ_W ⊙ ε: (*batch_shape, hidden, action_dim)."""
+        return torch.randn(*batch_shape, *self.log_std.shape, device=self.log_std.device)
+
+    def forward(self, obs, exploration=None):
+        """Returns (action, log π(action | obs), deterministic action).
+
+        `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
+        draws a fresh one shared by the whole batch (one per gradient step, as SB3 does).
+        """
+        features = self.trunk(obs)
+        mean = self.mean(features)
+        if self.sde:
+            mean = mean.clamp(-2.0, 2.0)  # keeps tanh away from saturation (SB3's clip_mean)
+            phi, sigma_w = features.detach(), self.log_std.exp()
+            eps = self.sample_exploration() if exploration is None else exploration
+            noise = (phi.unsqueeze(-2) @ (sigma_w * eps)).squeeze(-2)
+            std = (phi.pow(2) @ sigma_w.pow(2) + 1e-6).sqrt()
+        else:
+            log_std = torch.tanh(self.log_std(features))
+            std = (LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)).exp()
+            noise = std * torch.randn_like(mean)
+        u = mean + noise
+        squashed = torch.tanh(u)
+        log_prob = torch.distributions.Normal(mean, std).log_prob(u)
+        log_prob -= torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)  # change of variables
+        action = squashed * self.action_scale + self.action_bias
+        return action, log_prob.sum(dim=-1), torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class SoftActorCritic:
+    """SAC (Haarnoja et al., 2018) as SB3 runs it, the library of the paper's code: every gradient
+    step updates both critics, then the actor, then the entropy coefficient (with `--autotune`),
+    then moves the target critics towards the critics by `tau`."""
+
+    def __init__(self, observation_space, action_space, args, device):
+        action_dim = int(np.prod(action_space.shape))
+        self.gamma, self.tau = args.gamma, args.tau
+        self.actor = Actor(observation_space, action_space, args.hidden_size, args.sde, args.log_std_init).to(device)
+        self.qf1, self.qf2, self.qf1_target, self.qf2_target = (
+            SoftQNetwork(observation_space, action_dim, args.hidden_size).to(device) for _ in range(4))
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.learning_rate)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
+        self.autotune = args.autotune
+        if args.autotune:
+            self.target_entropy = -float(action_dim)
+            self.log_ent_coef = torch.zeros(1, requires_grad=True, device=device)
+            self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=args.learning_rate)
+            self.ent_coef = 1.0
+        else:
+            self.ent_coef = args.ent_coef
+
+    def update(self, obs, actions, rewards, next_obs, terminations) -> dict:
+        # Critics: soft Bellman target from the target critics, bootstrapped unless the state is terminal.
+        with torch.no_grad():
+            next_actions, next_log_pi, _ = self.actor(next_obs)
+            next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
+            td_target = rewards + self.gamma * (1 - terminations) * (next_q - self.ent_coef * next_log_pi)
+        qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
+        qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
+        self.q_optimizer.zero_grad()
+        qf_loss.backward()
+        self.q_optimizer.step()
+
+        # Actor: maximise the soft value of its own (reparameterised) actions.
+        pi, log_pi, _ = self.actor(obs)
+        actor_loss = (self.ent_coef * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+
+        # Entropy coefficient: raised when the policy's entropy is below the target, lowered above it.
+        if self.autotune:
+            ent_coef_loss = -(self.log_ent_coef * (log_pi.detach() + self.target_entropy)).mean()
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+            self.ent_coef = self.log_ent_coef.exp().item()
+
+        with torch.no_grad():  # Polyak averaging of the target critics
+            for net, target in ((self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
+                for param, target_param in zip(net.parameters(), target.parameters()):
+                    target_param.lerp_(param, self.tau)
+        return dict(td_loss=qf_loss.item() / 2, q_values=qf1_values.mean().item(), actor_loss=actor_loss.item(),
+                    ent_coef=self.ent_coef)
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "qf1": self.qf1.state_dict(), "qf2": self.qf2.state_dict()}
+# ==== END SHARED BLOCK: sac ====
+
+
+# ==== BEGIN SHARED BLOCK: figures (identical in every script; tests/test_shared_blocks.py) ====
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def save_video(frames, clip_rewards, path: str):
+    """An animated GIF of the frames with the CLIP reward of each written on it."""
+    from PIL import Image, ImageDraw
+
+    images = []
+    for t, frame in enumerate(frames):
+        image = Image.fromarray(frame).resize((frame.shape[1] * 2, frame.shape[0] * 2), Image.NEAREST)
+        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
+        images.append(image)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+# ==== END SHARED BLOCK: figures ====
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: deterministic episodes, image strips of what the policy does
+# ---------------------------------------------------------------------------------------------
+def pose_frames(frame_size, textured: bool, camera: str, count: int = 24, seed: int = 0):
+    """Frames of varied poses (random actions from a few starts), for the `auto` precision check."""
+    env = CLIPHumanoidEnv(frame_size=frame_size, textured=textured, camera=camera)
+    env.action_space.seed(seed)
+    frames = []
+    for start in range(count // 8):
+        env.reset(seed=seed + start)
+        for t in range(8 * 6):
+            env.step(env.action_space.sample())
+            if t % 6 == 5:
+                frames.append(env.render())
+    env.close()
+    return np.stack(frames)
+
+
+def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed: int):
+    """Deterministic episodes (mean action). Returns per-episode returns, CLIP rewards and frames."""
+    env = make_env(args.episode_length, frame_size, args.textured, args.camera, args.reward == "ground-truth")()
+    results = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        frames, true_return, done = [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, device=device, dtype=torch.float32)[None])[2][0].cpu().numpy()
+            obs, reward, terminated, truncated, info = env.step(action)
+            true_return += reward
+            if frame_size is not None:
+                frames.append(info["frame"])
+            done = terminated or truncated
+        clip_rewards = reward_model(np.stack(frames)) if reward_model is not None else None
+        results.append(dict(true_return=true_return, length=len(frames) or args.episode_length,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            last_frame_clip_reward=float(clip_rewards[-1]) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards))
+    env.close()
+    return results
+
+
+def image_strip(frames, clip_rewards, count: int = 8) -> np.ndarray:
+    """`count` evenly spaced frames of an episode side by side, each with its step and CLIP reward."""
+    from PIL import Image, ImageDraw
+
+    picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
+    tiles = []
+    for t in picks:
+        tile = Image.fromarray(frames[t])
+        text = f"t={t}" + (f" r={clip_rewards[t]:.3f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(tile).text((4, 4), text, fill=(255, 255, 255))
+        tiles.append(np.asarray(tile))
+    return np.concatenate(tiles, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
+    """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_reward_args(args, loads_weights=reward_model is None)
+    for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
+                        ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length),
+                        ("--sde-sample-freq", args.sde_sample_freq), ("--batch-size", args.batch_size)):
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}.")
+    uses_clip = args.reward == "clip"
+    if uses_clip and GL_BACKEND is None:
+        fail("no headless OpenGL for MuJoCo: install EGL or OSMesa (Debian: apt-get install libegl1 "
+             "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
+    run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # The reward model: text embeddings once, then the precision check on frames of random poses.
+    if uses_clip and reward_model is None:
+        model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
+        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
+                                  device=device, batch_size=args.clip_batch_size)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+    frame_size = reward_model.image_size if uses_clip else None
+    if uses_clip:
+        set_precision(reward_model, pose_frames(frame_size, args.textured, args.camera), args.clip_precision)
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=not uses_clip)
+         for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    agent = SoftActorCritic(observation_space, action_space, args, device)
+    actor = agent.actor  # acts in the envs; agent.update trains it
+    rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
+    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, None, writer)  # no success criterion
+    timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
+    start_time, global_step, steps_since_training, next_eval = time.time(), 0, 0, 0
+    losses = {}
+
+    def flush_rewards():
+        start = time.perf_counter()
+        stats.add(queue.flush(rb, reward_model), global_step)
+        timings["clip"] += time.perf_counter() - start
+
+    def evaluate_and_show(episodes: int, seed: int):
+        """Deterministic episodes; the first one is saved as an image strip (and a GIF with --capture-video)."""
+        if GL_BACKEND is None:  # a ground-truth run without OpenGL: figures only
+            return evaluate(actor, reward_model, args, device, episodes, None, seed)
+        results = evaluate(actor, reward_model, args, device, episodes, frame_size or (224, 224), seed)
+        strip = image_strip(results[0]["frames"], results[0]["clip_rewards"])
+        writer.add_image("eval/episode_strip", strip, global_step, dataformats="HWC")
+        os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(strip).save(os.path.join(run_dir, "strips", f"eval_step{global_step}.png"))
+        if args.capture_video:
+            os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
+            save_video(results[0]["frames"], results[0]["clip_rewards"],
+                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
+        return results
+
+    obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    exploration = actor.sample_exploration(args.num_envs) if args.sde else None
+    while global_step < args.total_timesteps:
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            if args.sde and global_step % args.sde_sample_freq < args.num_envs:
+                exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
+            with torch.no_grad():
+                actions = actor(torch.as_tensor(obs, device=device, dtype=torch.float32), exploration)[0].cpu().numpy()
+        step_start = time.perf_counter()
+        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+        render_seconds = infos["render_seconds"].sum() if "render_seconds" in infos else 0.0
+        timings["simulation"] += time.perf_counter() - step_start - render_seconds
+        timings["rendering"] += render_seconds
+        global_step += args.num_envs
+        steps_since_training += args.num_envs
+        episode_ends = terminations | truncations
+
+        # Every step is a real transition (autoreset is off): next_obs and the frame belong to the
+        # state reached. Termination (only in ground-truth runs) stops bootstrapping; truncation by
+        # the time limit does not. With CLIP there is no ground truth: NaN keeps it out of the logs.
+        slots = rb.add(obs, next_obs, actions, terminations)
+        queue.put(slots, infos.get("frame"), true_rewards if not uses_clip else np.full(args.num_envs, np.nan),
+                  episode_ends)
+        obs = next_obs
+        if episode_ends.any():
+            obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
+            if "render_seconds" in reset_infos:
+                timings["rendering"] += reset_infos["render_seconds"].sum()
+
+        if len(queue) >= args.clip_batch_size:
+            flush_rewards()
+        if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
+            flush_rewards()  # every stored transition has its reward before sampling
+            start = time.perf_counter()
+            n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
+            for _ in range(n_updates):
+                losses = agent.update(*rb.sample(args.batch_size))
+            timings["updates"] += time.perf_counter() - start
+            steps_since_training = 0
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            for phase, seconds in timings.items():
+                writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+            print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
+                  + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in timings.items()))
+
+        if global_step >= next_eval and global_step > args.learning_starts:
+            evaluate_and_show(1, args.seed)
+            next_eval = global_step + args.video_interval
+    if len(queue):
+        flush_rewards()
+    envs.close()
+
+    results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
+    final = dict(
+        eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
+        eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
+        eval_last_frame_clip_reward=float(np.mean([r["last_frame_clip_reward"] for r in results])),
+        **losses, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
+        sps=global_step / (time.time() - start_time), timings=timings,
+        precision=getattr(reward_model, "precision", None),
+    )
+    if uses_clip:
+        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+        writer.add_scalar("eval/last_frame_clip_reward", final["eval_last_frame_clip_reward"], global_step)
+    else:
+        writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save(agent.state_dict(), model_path)
+        final["model_path"] = model_path
+        print(f"model saved to {model_path}")
+    print(f"eval: return {final['eval_episodic_return']:.1f}, CLIP return {final['eval_clip_return']:.4g}, "
+          f"last-frame CLIP reward {final['eval_last_frame_clip_reward']:.4g}")
+    writer.close()
+    return final
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
