@@ -30,6 +30,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -551,11 +552,17 @@ class RewardQueue:
     """Transitions waiting for their reward, so that CLIP scores many frames in one call.
 
     Each entry: replay slot, env index, frame, ground-truth reward, and whether its episode ended
-    there. `flush` scores all frames at once, writes the rewards into the buffer and returns the
-    entries in order so that episode statistics are accumulated exactly as the steps happened.
+    there. `submit` hands the queued frames to CLIP as one batch, in a worker thread: the envs keep
+    simulating and rendering while CLIP runs (on the GPU, where it matters most). `collect` waits
+    for every submitted batch, writes the rewards into the buffer, and returns the entries in step
+    order so that episode statistics are accumulated exactly as the steps happened.
     """
 
-    def __init__(self):
+    def __init__(self, reward_model, rb: ReplayBuffer):
+        self.reward_model, self.rb = reward_model, rb
+        self.worker = ThreadPoolExecutor(max_workers=1) if reward_model is not None else None
+        self.in_flight = deque()  # submitted batches, oldest first
+        self.clip_seconds = 0.0  # time CLIP spent scoring, in the worker
         self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
 
     def __len__(self):
@@ -568,13 +575,30 @@ class RewardQueue:
         self.true_rewards.extend(true_rewards)
         self.episode_ends.extend(episode_ends)
 
-    def flush(self, rb: ReplayBuffer, reward_model):
-        true_rewards = np.asarray(self.true_rewards, dtype=np.float32)
-        clip_rewards = reward_model(np.stack(self.frames)) if reward_model is not None else None
-        rb.rewards[self.slots] = clip_rewards if clip_rewards is not None else true_rewards
-        entries = list(zip(self.env_ids, true_rewards,
-                           clip_rewards if clip_rewards is not None else [np.nan] * len(self), self.episode_ends))
-        self.__init__()
+    def submit(self):
+        batch = (self.slots, self.env_ids, self.frames, np.asarray(self.true_rewards, dtype=np.float32),
+                 self.episode_ends)
+        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
+        self.in_flight.append(self.worker.submit(self.score, *batch) if self.worker else self.score(*batch))
+
+    def score(self, slots, env_ids, frames, true_rewards, episode_ends):
+        if self.reward_model is None:  # ground truth: the environment's own reward
+            self.rb.rewards[slots] = true_rewards
+            return list(zip(env_ids, true_rewards, [np.nan] * len(slots), episode_ends))
+        start = time.perf_counter()
+        clip_rewards = self.reward_model(np.stack(frames))
+        self.clip_seconds += time.perf_counter() - start
+        self.rb.rewards[slots] = clip_rewards
+        return list(zip(env_ids, true_rewards, clip_rewards, episode_ends))
+
+    def collect(self):
+        """Submit what is queued and wait for all batches; returns their entries in step order."""
+        if len(self):
+            self.submit()
+        entries = []
+        while self.in_flight:
+            batch = self.in_flight.popleft()
+            entries.extend(batch.result() if self.worker else batch)
         return entries
 
 
@@ -904,15 +928,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     agent = SoftActorCritic(observation_space, action_space, args, device)
     actor = agent.actor  # acts in the envs; agent.update trains it
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
-    queue, stats = RewardQueue(), EpisodeStats(args.num_envs, None, writer)  # no success criterion
+    queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, None, writer)  # no success criterion
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
     start_time, global_step, steps_since_training, next_eval = time.time(), 0, 0, 0
     losses = {}
 
-    def flush_rewards():
-        start = time.perf_counter()
-        stats.add(queue.flush(rb, reward_model), global_step)
-        timings["clip"] += time.perf_counter() - start
+    def collect_rewards():
+        stats.add(queue.collect(), global_step)
+        timings["clip"] = queue.clip_seconds
 
     def evaluate_and_show(episodes: int, seed: int):
         """Deterministic episodes; the first one is saved as an image strip (and a GIF with --capture-video)."""
@@ -964,9 +987,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 timings["rendering"] += reset_infos["render_seconds"].sum()
 
         if len(queue) >= args.clip_batch_size:
-            flush_rewards()
+            queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
         if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
-            flush_rewards()  # every stored transition has its reward before sampling
+            collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
             n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
             for _ in range(n_updates):
@@ -985,8 +1008,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         if global_step >= next_eval and global_step > args.learning_starts:
             evaluate_and_show(1, args.seed)
             next_eval = global_step + args.video_interval
-    if len(queue):
-        flush_rewards()
+    collect_rewards()
     envs.close()
 
     results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)

@@ -8,18 +8,22 @@ import json
 import os
 import sys
 
-import numpy as np
-import open_clip
-import pytest
-import torch
-import torch.nn as nn
+# Before huggingface_hub is imported (it reads this once): a download attempt fails at once, not
+# after a minute of retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ["HF_HUB_OFFLINE"] = "1"  # a test that tried to download would fail at once, not hang
 
 import dqn_clip_cartpole as cartpole  # noqa: E402
+import sac_clip_humanoid as humanoid  # noqa: E402, F401  (chooses MuJoCo's OpenGL backend on import)
 import sac_clip_mountaincar as mountaincar  # noqa: E402
 
 TINY_CLIP = "tiny-test-clip"

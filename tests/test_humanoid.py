@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_scalars
+from conftest import humanoid, read_scalars
 
-humanoid = pytest.importorskip("sac_clip_humanoid")
 needs_gl = pytest.mark.skipif(humanoid.GL_BACKEND is None, reason="no headless OpenGL (EGL or OSMesa)")
 SIZE = (64, 80)  # small frames keep software rendering fast
 

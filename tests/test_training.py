@@ -91,3 +91,25 @@ def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path
                       gradient_steps=100, episode_length=200, num_envs=1, eval_episodes=10)
     result = cartpole.main(args, reward_model=pole_tilt_reward)
     assert result["eval_success_rate"] >= 0.8, result
+
+
+def test_background_scoring_writes_every_reward_and_keeps_step_order(pole_tilt_reward):
+    """Batches scored in the worker thread while more steps are queued: same rewards as scoring
+    each frame alone, written to the right slots, entries returned in the order of the steps."""
+    angles = np.linspace(-0.6, 0.6, 10)
+    frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
+    rb = cartpole.ReplayBuffer(16, 4, (), np.int64, "cpu")
+    queue = cartpole.RewardQueue(pole_tilt_reward, rb)
+    for step in range(5):  # 2 envs per step; a batch goes to the worker after steps 1 and 3
+        slots = rb.add(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros(2), np.zeros(2))
+        queue.put(slots, frames[2 * step: 2 * step + 2], [float(2 * step), float(2 * step + 1)], [False, step == 4])
+        if step in (1, 3):
+            queue.submit()
+    assert len(queue.in_flight) == 2 and len(queue) == 2
+    entries = queue.collect()
+    expected = np.concatenate([pole_tilt_reward(frames[i: i + 1]) for i in range(10)])
+    np.testing.assert_allclose(rb.rewards[:10], expected, atol=1e-6)
+    assert [true_reward for _, true_reward, _, _ in entries] == list(range(10))  # step order
+    assert [env_id for env_id, _, _, _ in entries] == [0, 1] * 5
+    np.testing.assert_allclose([clip for _, _, clip, _ in entries], expected, atol=1e-6)
+    assert queue.clip_seconds > 0 and not queue.in_flight and len(queue) == 0
