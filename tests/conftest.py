@@ -21,6 +21,8 @@ import torch.nn as nn  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# The tests' networks are small: one thread runs the learning tests 1.5-1.8x faster than two.
+torch.set_num_threads(1)
 
 import dqn_clip_cartpole as cartpole  # noqa: E402
 import sac_clip_humanoid as humanoid  # noqa: E402, F401  (chooses MuJoCo's OpenGL backend on import)
