@@ -160,6 +160,7 @@ class Args:
 PAPER_CAMERA = {"distance": 3.5, "lookat": np.array([0.0, 0.0, 1.0]), "elevation": -10.0, "azimuth": 180.0}
 
 
+# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
 def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
     """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
     noise = np.zeros((height, width))
@@ -173,6 +174,7 @@ def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int 
         bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
         noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
     return (noise - noise.min()) / (noise.max() - noise.min())
+# ==== END SHARED BLOCK: value-noise ====
 
 
 def sky_texture(rng, face: int = 256) -> np.ndarray:
@@ -255,7 +257,9 @@ def humanoid_xml(textured: bool, frame_size, folder: str) -> str:
         for geom in root.iter("geom"):
             if geom.get("name") == "floor":
                 geom.set("rgba", "1 1 1 1")
-        visual.find("map").attrib.pop("fogstart", None), visual.find("map").attrib.pop("fogend", None)
+        fog = visual.find("map")  # the stock fog greys out the horizon; the sky should show there
+        fog.attrib.pop("fogstart", None)
+        fog.attrib.pop("fogend", None)
         ET.SubElement(visual, "headlight", ambient="0.35 0.35 0.35", diffuse="0.5 0.5 0.5")
     path = os.path.join(folder, "humanoid_scene.xml")
     ET.ElementTree(root).write(path)
@@ -602,6 +606,36 @@ class RewardQueue:
         return entries
 
 
+def step_envs(envs, obs, actions, rb: ReplayBuffer, queue: RewardQueue, timings: dict, ground_truth: bool = True):
+    """Step every env once, store the transitions, queue their frames, and reset the envs whose
+    episode ended. Returns the observations to act on next.
+
+    The vector env runs with autoreset off, so every step is a real transition: next_obs and the
+    frame belong to the state reached, also at the end of an episode. Termination stops
+    bootstrapping; truncation by the time limit does not. `ground_truth=False`: the environment's
+    reward is no ground truth for the task (the humanoid's), so NaN keeps it out of the logs.
+    """
+    start = time.perf_counter()
+    next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+    render_seconds = float(infos["render_seconds"].sum()) if "render_seconds" in infos else 0.0
+    timings["simulation"] += time.perf_counter() - start - render_seconds
+    timings["rendering"] += render_seconds
+    episode_ends = terminations | truncations
+    slots = rb.add(obs, next_obs, actions, terminations)
+    queue.put(slots, infos.get("frame"), true_rewards if ground_truth else np.full(len(slots), np.nan), episode_ends)
+    if episode_ends.any():
+        next_obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
+        timings["rendering"] += float(reset_infos["render_seconds"].sum()) if "render_seconds" in reset_infos else 0.0
+    return next_obs
+# ==== END SHARED BLOCK: replay ====
+
+
+# ==== BEGIN SHARED BLOCK: logging (identical in every script; tests/test_shared_blocks.py) ====
+def write_hyperparameters(writer: SummaryWriter, args):
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+
+
 class EpisodeStats:
     """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
 
@@ -635,7 +669,18 @@ class EpisodeStats:
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
             self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
-# ==== END SHARED BLOCK: replay ====
+
+
+def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, global_step: int, start_time: float) -> int:
+    """Losses of the last gradient step, steps per second and the time spent in each phase; returns SPS."""
+    for name, value in losses.items():
+        writer.add_scalar(f"losses/{name}", value, global_step)
+    sps = int(global_step / (time.time() - start_time))
+    writer.add_scalar("charts/SPS", sps, global_step)
+    for phase, seconds in timings.items():
+        writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+    return sps
+# ==== END SHARED BLOCK: logging ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,27 +843,7 @@ class SoftActorCritic:
 # ==== END SHARED BLOCK: sac ====
 
 
-# ==== BEGIN SHARED BLOCK: figures (identical in every script; tests/test_shared_blocks.py) ====
-def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
-    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if in_goal.any():
-        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
-    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("CLIP reward")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-
-
+# ==== BEGIN SHARED BLOCK: video (identical in every script; tests/test_shared_blocks.py) ====
 def save_video(frames, clip_rewards, path: str):
     """An animated GIF of the frames with the CLIP reward of each written on it."""
     from PIL import Image, ImageDraw
@@ -830,7 +855,7 @@ def save_video(frames, clip_rewards, path: str):
         ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
         images.append(image)
     images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
-# ==== END SHARED BLOCK: figures ====
+# ==== END SHARED BLOCK: video ====
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation: deterministic episodes, image strips of what the policy does
@@ -914,8 +939,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
                                   device=device, batch_size=args.clip_batch_size)
     writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in vars(args).items()))
+    write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if uses_clip else None
     if uses_clip:
         set_precision(reward_model, pose_frames(frame_size, args.textured, args.camera), args.clip_precision)
@@ -965,27 +989,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
             with torch.no_grad():
                 actions = actor(torch.as_tensor(obs, device=device, dtype=torch.float32), exploration)[0].cpu().numpy()
-        step_start = time.perf_counter()
-        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
-        render_seconds = infos["render_seconds"].sum() if "render_seconds" in infos else 0.0
-        timings["simulation"] += time.perf_counter() - step_start - render_seconds
-        timings["rendering"] += render_seconds
+        obs = step_envs(envs, obs, actions, rb, queue, timings, ground_truth=not uses_clip)
         global_step += args.num_envs
         steps_since_training += args.num_envs
-        episode_ends = terminations | truncations
-
-        # Every step is a real transition (autoreset is off): next_obs and the frame belong to the
-        # state reached. Termination (only in ground-truth runs) stops bootstrapping; truncation by
-        # the time limit does not. With CLIP there is no ground truth: NaN keeps it out of the logs.
-        slots = rb.add(obs, next_obs, actions, terminations)
-        queue.put(slots, infos.get("frame"), true_rewards if not uses_clip else np.full(args.num_envs, np.nan),
-                  episode_ends)
-        obs = next_obs
-        if episode_ends.any():
-            obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
-            if "render_seconds" in reset_infos:
-                timings["rendering"] += reset_infos["render_seconds"].sum()
-
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
         if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
@@ -996,12 +1002,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 losses = agent.update(*rb.sample(args.batch_size))
             timings["updates"] += time.perf_counter() - start
             steps_since_training = 0
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value, global_step)
-            sps = int(global_step / (time.time() - start_time))
-            writer.add_scalar("charts/SPS", sps, global_step)
-            for phase, seconds in timings.items():
-                writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+            sps = log_training_phase(writer, losses, timings, global_step, start_time)
             print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
                   + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in timings.items()))
 

@@ -125,6 +125,23 @@ class Args:
 # ---------------------------------------------------------------------------------------------
 # Environment: MountainCarContinuous as the paper set it up, drawn like a picture
 # ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
+def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
+    noise = np.zeros((height, width))
+    for octave in range(octaves):
+        cells = base_cells * 2 ** octave
+        grid = rng.random((cells + 1, cells + 1))
+        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
+        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+        fy, fx = (ys - y0)[:, None], xs - x0
+        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
+    return (noise - noise.min()) / (noise.max() - noise.min())
+# ==== END SHARED BLOCK: value-noise ====
+
+
 class CLIPMountainCarEnv(Continuous_MountainCarEnv):
     """gymnasium's MountainCarContinuous with the paper's changes, rendered at CLIP's input size.
 
@@ -212,25 +229,12 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         sky = np.array([70, 130, 205]) * (1 - rows[..., None]) + np.array([200, 225, 245]) * rows[..., None]
         image = np.broadcast_to(sky, (height, width, 3)).copy()
 
-        def fractal_noise(octaves=5):  # value noise in [0, 1]: random grids, coarse to fine, bilinearly upsampled
-            noise = np.zeros((height, width))
-            for octave in range(octaves):
-                cells = 2 ** (octave + 2)
-                grid = rng.random((cells + 1, cells + 1))
-                ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
-                y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
-                fy, fx = (ys - y0)[:, None], xs - x0
-                top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
-                bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
-                noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
-            return (noise - noise.min()) / (noise.max() - noise.min())
-
         columns = np.arange(width) + 0.5
         world_x = self.min_position + columns / width * (self.max_position - self.min_position)
         _, surface_row = self.to_pixels(world_x, self._height(world_x))
         hills_row = height * (0.42 + 0.06 * np.sin(world_x * 4.0 + 1.0) + 0.03 * np.sin(world_x * 11.0))
         depth = np.arange(height)[:, None] - surface_row[None, :]  # pixels below the track surface
-        texture = fractal_noise()
+        texture = value_noise(rng, height, width)
         hills = np.arange(height)[:, None] >= hills_row[None, :]
         image[hills] = (np.array([120, 150, 165]) * (0.85 + 0.3 * texture[..., None]))[hills]
         rock = np.array([115, 95, 75]) * (0.6 + 0.7 * texture[..., None])
@@ -552,6 +556,36 @@ class RewardQueue:
         return entries
 
 
+def step_envs(envs, obs, actions, rb: ReplayBuffer, queue: RewardQueue, timings: dict, ground_truth: bool = True):
+    """Step every env once, store the transitions, queue their frames, and reset the envs whose
+    episode ended. Returns the observations to act on next.
+
+    The vector env runs with autoreset off, so every step is a real transition: next_obs and the
+    frame belong to the state reached, also at the end of an episode. Termination stops
+    bootstrapping; truncation by the time limit does not. `ground_truth=False`: the environment's
+    reward is no ground truth for the task (the humanoid's), so NaN keeps it out of the logs.
+    """
+    start = time.perf_counter()
+    next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+    render_seconds = float(infos["render_seconds"].sum()) if "render_seconds" in infos else 0.0
+    timings["simulation"] += time.perf_counter() - start - render_seconds
+    timings["rendering"] += render_seconds
+    episode_ends = terminations | truncations
+    slots = rb.add(obs, next_obs, actions, terminations)
+    queue.put(slots, infos.get("frame"), true_rewards if ground_truth else np.full(len(slots), np.nan), episode_ends)
+    if episode_ends.any():
+        next_obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
+        timings["rendering"] += float(reset_infos["render_seconds"].sum()) if "render_seconds" in reset_infos else 0.0
+    return next_obs
+# ==== END SHARED BLOCK: replay ====
+
+
+# ==== BEGIN SHARED BLOCK: logging (identical in every script; tests/test_shared_blocks.py) ====
+def write_hyperparameters(writer: SummaryWriter, args):
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+
+
 class EpisodeStats:
     """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
 
@@ -585,7 +619,18 @@ class EpisodeStats:
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
             self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
-# ==== END SHARED BLOCK: replay ====
+
+
+def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, global_step: int, start_time: float) -> int:
+    """Losses of the last gradient step, steps per second and the time spent in each phase; returns SPS."""
+    for name, value in losses.items():
+        writer.add_scalar(f"losses/{name}", value, global_step)
+    sps = int(global_step / (time.time() - start_time))
+    writer.add_scalar("charts/SPS", sps, global_step)
+    for phase, seconds in timings.items():
+        writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
+    return sps
+# ==== END SHARED BLOCK: logging ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,7 +833,7 @@ def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed:
 
 
 
-# ==== BEGIN SHARED BLOCK: figures (identical in every script; tests/test_shared_blocks.py) ====
+# ==== BEGIN SHARED BLOCK: landscape-plot (identical in every script; tests/test_shared_blocks.py) ====
 def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
     """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
     import matplotlib
@@ -807,8 +852,10 @@ def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, ti
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
+# ==== END SHARED BLOCK: landscape-plot ====
 
 
+# ==== BEGIN SHARED BLOCK: video (identical in every script; tests/test_shared_blocks.py) ====
 def save_video(frames, clip_rewards, path: str):
     """An animated GIF of the frames with the CLIP reward of each written on it."""
     from PIL import Image, ImageDraw
@@ -820,7 +867,7 @@ def save_video(frames, clip_rewards, path: str):
         ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
         images.append(image)
     images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
-# ==== END SHARED BLOCK: figures ====
+# ==== END SHARED BLOCK: video ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -845,8 +892,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
                                   device=device, batch_size=args.clip_batch_size)
     writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in vars(args).items()))
+    write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if reward_model is not None else None
     if reward_model is not None:
         positions = np.linspace(-1.2, 0.6, args.landscape_points)
@@ -870,7 +916,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
     is_success = lambda true_return: true_return > 0  # noqa: E731  (the car reached the flag)
     queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, is_success, writer)
-    timings = dict(rendering=0.0, clip=0.0, updates=0.0)
+    timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
     start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
     losses = {}
 
@@ -889,24 +935,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
             with torch.no_grad():
                 actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
-        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+        obs = step_envs(envs, obs, actions, rb, queue, timings)
         global_step += args.num_envs
         steps_since_training += args.num_envs
-        episode_ends = terminations | truncations
-
-        # Every step is a real transition (autoreset is off): next_obs and the frame belong to the
-        # state reached. Termination (never, in the paper's MountainCar) stops bootstrapping;
-        # truncation by the time limit does not.
-        slots = rb.add(obs, next_obs, actions, terminations)
-        queue.put(slots, infos.get("frame"), true_rewards, episode_ends)
-        if "render_seconds" in infos:
-            timings["rendering"] += infos["render_seconds"].sum()
-        obs = next_obs
-        if episode_ends.any():
-            obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
-            if "render_seconds" in reset_infos:
-                timings["rendering"] += reset_infos["render_seconds"].sum()
-
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
         if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
@@ -917,14 +948,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 losses = agent.update(*rb.sample(args.batch_size))
             timings["updates"] += time.perf_counter() - start
             steps_since_training = 0
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value, global_step)
+            sps = log_training_phase(writer, losses, timings, global_step, start_time)
             if args.sde:
                 writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
-            sps = int(global_step / (time.time() - start_time))
-            writer.add_scalar("charts/SPS", sps, global_step)
-            for phase, seconds in timings.items():
-                writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
             if global_step % 1000 < args.train_frequency:
                 recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
                 print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "

@@ -1,4 +1,4 @@
-"""The blocks the scripts repeat on purpose (reward model, seeding, replay, figures) stay identical.
+"""The blocks the scripts repeat on purpose (reward model, replay, SAC, seeding, ...) stay identical.
 
 Each script stays a single file that can be copied alone, so these blocks are written out in every
 script; this test keeps a diff between two scripts down to what truly differs. Because the blocks

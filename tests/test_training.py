@@ -38,9 +38,16 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     # 600 steps of 50-step episodes in 2 envs: 12 episodes, each logged with both returns.
     assert len(scalars["charts/episodic_return"]) == len(scalars["charts/episodic_clip_return"]) == 12
     assert all(v in (0.0, 1.0) for _, v in scalars["charts/success_rate"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(result["run_dir"])
+    events.Reload()
+    hyperparameters = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "|alpha|0.5|" in hyperparameters and "|learning_rate|0.001|" in hyperparameters
 
     assert os.path.isfile(os.path.join(result["run_dir"], "reward_landscape.png"))
-    assert len(glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))) == 2  # after the first step and at step 400
+    videos = glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))
+    assert len(videos) == 2  # after the first step and at step 400
 
     q_network = cartpole.QNetwork(4, 2, args.hidden_size)
     q_network.load_state_dict(torch.load(result["model_path"]))
