@@ -19,6 +19,7 @@ that batches frames through CLIP, SAC, evaluation with image strips, then the tr
 
 import atexit
 import copy
+import json
 import functools
 import logging
 import os
@@ -365,9 +366,15 @@ def check_reward_args(args, loads_weights: bool = True):
         fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
+    if args.clip_model.endswith(".json"):  # a custom architecture: register its config under its file name
+        if not os.path.isfile(args.clip_model):
+            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
+        open_clip.add_model_config(args.clip_model)
+        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
     if args.clip_model not in open_clip.list_models():
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
-             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14.")
+             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, "
+             "or the path of an open_clip model config (.json).")
     if not os.path.isfile(args.clip_pretrained):
         tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
         looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
@@ -680,6 +687,22 @@ def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, globa
     for phase, seconds in timings.items():
         writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
     return sps
+
+
+def write_results(run_dir: str, args, final: dict):
+    """`results.json` in the run folder: the flags, the final figures and the code's git commit.
+
+    run_all.sh builds its summary table from these files, so it can be rebuilt from run folders.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git
+        commit = ""
+    figures = {key: value for key, value in final.items() if value is None or isinstance(value, (int, float, str))}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"script": os.path.basename(__file__), "args": vars(args), "results": figures,
+                   "git_commit": commit or "unknown"}, f, indent=1, default=str)
 # ==== END SHARED BLOCK: logging ====
 
 
@@ -1018,8 +1041,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         eval_last_frame_clip_reward=float(np.mean([r["last_frame_clip_reward"] for r in results])),
         **losses, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
-        sps=global_step / (time.time() - start_time), timings=timings,
-        precision=getattr(reward_model, "precision", None),
+        sps=global_step / (time.time() - start_time), wall_seconds=time.time() - start_time,
+        timings=timings, precision=getattr(reward_model, "precision", None),
     )
     if uses_clip:
         writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
@@ -1033,6 +1056,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         print(f"model saved to {model_path}")
     print(f"eval: return {final['eval_episodic_return']:.1f}, CLIP return {final['eval_clip_return']:.4g}, "
           f"last-frame CLIP reward {final['eval_last_frame_clip_reward']:.4g}")
+    write_results(run_dir, final=final, args=args)
     writer.close()
     return final
 

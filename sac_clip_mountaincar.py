@@ -19,10 +19,12 @@ training loop.
 """
 
 import copy
+import json
 import logging
 import math
 import os
 import random
+import subprocess
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -315,9 +317,15 @@ def check_reward_args(args, loads_weights: bool = True):
         fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
+    if args.clip_model.endswith(".json"):  # a custom architecture: register its config under its file name
+        if not os.path.isfile(args.clip_model):
+            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
+        open_clip.add_model_config(args.clip_model)
+        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
     if args.clip_model not in open_clip.list_models():
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
-             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14.")
+             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, "
+             "or the path of an open_clip model config (.json).")
     if not os.path.isfile(args.clip_pretrained):
         tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
         looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
@@ -630,6 +638,22 @@ def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, globa
     for phase, seconds in timings.items():
         writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
     return sps
+
+
+def write_results(run_dir: str, args, final: dict):
+    """`results.json` in the run folder: the flags, the final figures and the code's git commit.
+
+    run_all.sh builds its summary table from these files, so it can be rebuilt from run folders.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git
+        commit = ""
+    figures = {key: value for key, value in final.items() if value is None or isinstance(value, (int, float, str))}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"script": os.path.basename(__file__), "args": vars(args), "results": figures,
+                   "git_commit": commit or "unknown"}, f, indent=1, default=str)
 # ==== END SHARED BLOCK: logging ====
 
 
@@ -972,8 +996,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
         **losses, global_step=global_step, run_dir=run_dir,
-        replay_buffer=rb, sps=global_step / (time.time() - start_time), timings=timings,
-        precision=getattr(reward_model, "precision", None),
+        replay_buffer=rb, sps=global_step / (time.time() - start_time), wall_seconds=time.time() - start_time,
+        timings=timings, precision=getattr(reward_model, "precision", None),
     )
     writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
     writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
@@ -986,6 +1010,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         print(f"model saved to {model_path}")
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
+    write_results(run_dir, final=final, args=args)
     writer.close()
     return final
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PoleTiltEncoder, cartpole, read_scalars
+from conftest import TINY_CONFIG, PoleTiltEncoder, cartpole, read_scalars
 
 REQUIRED_KEYS = {
     "charts/episodic_return", "charts/episodic_clip_return", "charts/success_rate", "charts/reward_correlation",
@@ -120,3 +120,28 @@ def test_background_scoring_writes_every_reward_and_keeps_step_order(pole_tilt_r
     assert [env_id for env_id, _, _, _ in entries] == [0, 1] * 5
     np.testing.assert_allclose([clip for _, _, clip, _ in entries], expected, atol=1e-6)
     assert queue.clip_seconds > 0 and not queue.in_flight and len(queue) == 0
+
+
+def test_results_json_holds_flags_figures_and_commit(tmp_path):
+    import json
+
+    result = cartpole.main(short_args(tmp_path, reward="ground-truth", total_timesteps=400))
+    with open(os.path.join(result["run_dir"], "results.json")) as f:
+        saved = json.load(f)
+    assert saved["script"] == "dqn_clip_cartpole.py" and saved["args"]["seed"] == 1
+    assert saved["results"]["eval_success_rate"] == result["eval_success_rate"]
+    assert saved["results"]["global_step"] == 400 and saved["results"]["wall_seconds"] > 0
+    assert len(saved["git_commit"]) == 40 or saved["git_commit"] == "unknown"
+
+
+def test_clip_model_can_be_an_open_clip_config_file(tiny_clip, tmp_path):
+    """`--clip-model path/to/config.json` registers a custom architecture (run_all.sh --smoke uses it)."""
+    import json
+
+    name, checkpoint, _ = tiny_clip
+    config = tmp_path / "my-tiny-clip.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    args = short_args(tmp_path, clip_model=str(config), clip_pretrained=checkpoint, total_timesteps=200,
+                      learning_starts=100)
+    result = cartpole.main(args)
+    assert args.clip_model == "my-tiny-clip" and result["global_step"] == 200
