@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# The paper's experiments in one command: CartPole (DQN), MountainCar (SAC) and the Humanoid (SAC)
+# with CLIP rewards, as in "Vision-Language Models are Zero-Shot Reward Models for RL" (ICLR 2024).
+#
+#   bash run_all.sh --dry-run                       # print every command of the grid, run nothing
+#   bash run_all.sh --only cartpole --jobs 4        # run locally, 4 at a time, spread over the GPUs
+#   bash run_all.sh --slurm --partition gpu         # submit the grid as one SLURM job array
+#   bash run_all.sh --smoke --jobs 2                # every experiment for a few steps, tiny CLIP, CPU
+#   bash run_all.sh --summary-only                  # rebuild the summary from existing run folders
+#
+# Every run writes results.json into its run folder; the summary (summary.csv and summary.md, in the
+# shape of the paper's tables) is built from those files and from each run's exit status.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+    cat <<'EOF'
+usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--seeds N] [--jobs N]
+                       [--smoke] [--output-dir DIR] [--python CMD] [--summary-only]
+                       [--slurm [--partition NAME] [--gpus-per-task N] [--time HH:MM:SS]]
+
+  --dry-run          print every command, one per line, and do nothing else
+  --only NAME        run only this environment's experiments (repeatable; default: all three)
+  --seeds N          seeds 1..N of every experiment (default 1; the paper used 4 for its Table 1
+                     and 2 for its model-scale study)
+  --jobs N           runs at a time, locally (default 1); run k uses GPU k mod (number of GPUs)
+  --smoke            a few steps of every experiment with a tiny random-weight CLIP on the CPU
+  --output-dir DIR   where runs, logs and the summary go (default runs/paper, runs/smoke with --smoke)
+  --python CMD       the interpreter that runs the scripts (default: python)
+  --summary-only     rebuild summary.csv and summary.md from DIR and exit
+  --slurm            submit the grid with sbatch as a job array, one task per run, instead of running it
+  --partition NAME   SLURM partition (default: the cluster's default)
+  --gpus-per-task N  GPUs requested per run with --slurm (default 1)
+  --time T           SLURM time limit per run (default 48:00:00)
+EOF
+}
+
+fail_usage() { echo "run_all.sh: $1" >&2; usage >&2; exit 2; }
+
+DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 SLURM=0 SEEDS=1 JOBS=1 OUTPUT_DIR="" PYTHON=python
+PARTITION="" GPUS_PER_TASK=1 TIME_LIMIT=48:00:00 ONLY=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --smoke) SMOKE=1 ;;
+        --summary-only) SUMMARY_ONLY=1 ;;
+        --slurm) SLURM=1 ;;
+        --only) [ $# -ge 2 ] || fail_usage "--only needs a value"
+            case "$2" in cartpole|mountaincar|humanoid) ONLY+=("$2") ;;
+                *) fail_usage "--only must be cartpole, mountaincar or humanoid, got '$2'" ;; esac
+            shift ;;
+        --seeds|--jobs|--gpus-per-task) [ $# -ge 2 ] || fail_usage "$1 needs a value"
+            [[ "$2" =~ ^[1-9][0-9]*$ ]] || fail_usage "$1 must be a positive integer, got '$2'"
+            case "$1" in --seeds) SEEDS=$2 ;; --jobs) JOBS=$2 ;; *) GPUS_PER_TASK=$2 ;; esac
+            shift ;;
+        --output-dir|--python|--partition|--time) [ $# -ge 2 ] || fail_usage "$1 needs a value"
+            case "$1" in --output-dir) OUTPUT_DIR=$2 ;; --python) PYTHON=$2 ;; --partition) PARTITION=$2 ;;
+                *) TIME_LIMIT=$2 ;; esac
+            shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) fail_usage "unknown flag '$1'" ;;
+    esac
+    shift
+done
+[ ${#ONLY[@]} -gt 0 ] || ONLY=(cartpole mountaincar humanoid)
+[ -n "$OUTPUT_DIR" ] || OUTPUT_DIR=$([ $SMOKE = 1 ] && echo runs/smoke || echo runs/paper)
+wants() { [[ " ${ONLY[*]} " == *" $1 "* ]]; }
+
+# --- The grid: one line per run, "<experiment id>\t<command>" --------------------------------
+ALPHAS=(0 0.25 0.5 0.75 1)
+TINY_MODEL="$OUTPUT_DIR/smoke_model/tiny-clip.json" TINY_WEIGHTS="$OUTPUT_DIR/smoke_model/tiny-clip.pt"
+
+model_flags() {  # $1 = architecture, $2 = pretrained tag; --smoke swaps in the tiny random model
+    if [ $SMOKE = 1 ]; then echo "--clip-model $TINY_MODEL --clip-pretrained $TINY_WEIGHTS"
+    else echo "--clip-model $1 --clip-pretrained $2"; fi
+}
+
+smoke_flags() {  # a handful of steps, CPU-sized
+    [ $SMOKE = 1 ] || return 0
+    case "$1" in
+        cartpole) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
+        mountaincar) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --batch-size 32 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
+        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --clip-batch-size 64 --eval-episodes 1 --clip-precision fp32 --no-cuda" ;;
+    esac
+}
+
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }  # single-quote a prompt for the shell
+
+grid() {
+    local seed alpha textured task prompt model tag
+    for seed in $(seq 1 "$SEEDS"); do
+        if wants cartpole; then
+            local s="$PYTHON dqn_clip_cartpole.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags cartpole)"
+            for alpha in "${ALPHAS[@]}"; do
+                printf 'cartpole\t%s\n' "$s --exp-name cartpole_alpha$alpha --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            done
+            printf 'cartpole\t%s\n' "$s --exp-name cartpole_ground_truth --reward ground-truth"
+        fi
+        if wants mountaincar; then
+            local s="$PYTHON sac_clip_mountaincar.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags mountaincar)"
+            for textured in textured no-textured; do
+                for alpha in "${ALPHAS[@]}"; do
+                    printf 'mountaincar\t%s\n' "$s --exp-name mountaincar_${textured}_alpha$alpha --$textured --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+                done
+            done
+            printf 'mountaincar\t%s\n' "$s --exp-name mountaincar_ground_truth --reward ground-truth"
+        fi
+        if wants humanoid; then
+            local s="$PYTHON sac_clip_humanoid.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags humanoid)"
+            # Table 1: eight tasks, alpha 0, ViT-bigG-14, textured scene, the paper's camera.
+            while IFS='|' read -r task prompt; do
+                printf 'humanoid_tasks\t%s\n' "$s --exp-name humanoid_$task --prompt $(q "$prompt") $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            done <<'TASKS'
+kneeling|a humanoid robot kneeling
+lotus_position|a humanoid robot seated down, meditating in the lotus position
+standing_up|a humanoid robot standing up
+arms_raised|a humanoid robot standing up, with both arms raised
+doing_splits|a humanoid robot practicing gymnastics, doing the side splits
+hands_on_hips|a humanoid robot standing up with hands on hips
+arms_crossed|a humanoid robot standing up, with its arms crossed
+standing_on_one_leg|a humanoid robot standing up on one leg
+TASKS
+            # Scene ablation on kneeling (textures + camera is Table 1's kneeling run).
+            printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_textures --no-textured --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_camera --camera stock --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            # Model scale on kneeling (ViT-bigG-14 is Table 1's kneeling run).
+            for model in RN50:openai ViT-L-14:laion2b_s32b_b82k ViT-H-14:laion2b_s32b_b79k; do
+                printf 'humanoid_scale\t%s\n' "$s --exp-name humanoid_kneeling_${model%%:*} --prompt $(q 'a humanoid robot kneeling') $(model_flags "${model%%:*}" "${model#*:}")"
+            done
+        fi
+    done
+}
+
+# --- Summary: summary.csv and summary.md from results.json files and exit statuses ------------
+summarize() {
+    "$PYTHON" - "$OUTPUT_DIR" <<'PY'
+import csv, glob, json, os, sys
+
+out = sys.argv[1]
+rows = []
+for path in sorted(glob.glob(os.path.join(out, "runs", "*", "results.json"))):
+    with open(path) as f:
+        run = json.load(f)
+    args, res = run["args"], run["results"]
+    rows.append(dict(
+        experiment=args["exp_name"], script=run["script"], task=" / ".join(args["prompt"]) if args["reward"] == "clip" else "ground truth",
+        alpha=args["alpha"] if args["reward"] == "clip" else "", model=args["clip_model"] if args["reward"] == "clip" else "",
+        textured=args.get("textured", ""), camera=args.get("camera", ""), seed=args["seed"], steps=res.get("global_step"),
+        wall_seconds=round(res.get("wall_seconds", float("nan")), 1),
+        success_rate=res.get("eval_success_rate", ""), clip_return=res.get("eval_clip_return", ""),
+        last_frame_clip_reward=res.get("eval_last_frame_clip_reward", ""), status="ok",
+        git_commit=run["git_commit"], run_dir=os.path.dirname(path)))
+for path in sorted(glob.glob(os.path.join(out, "logs", "*.status"))):
+    with open(path) as f:
+        code = f.read().strip()
+    if code != "0":  # a failed run has no results.json: record it from its exit status
+        name = os.path.basename(path)[: -len(".status")]
+        experiment, seed = name.rsplit("_seed", 1)
+        rows.append(dict(experiment=experiment, seed=int(seed), status=f"failed (exit {code}), see logs/{name}.log"))
+fields = ["experiment", "script", "task", "alpha", "model", "textured", "camera", "seed", "steps", "wall_seconds",
+          "success_rate", "clip_return", "last_frame_clip_reward", "status", "git_commit", "run_dir"]
+with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["experiment"], r["seed"])))
+
+def mean(values):
+    values = [float(v) for v in values if v not in ("", None) and float(v) == float(v)]  # skip NaN
+    return f"{sum(values) / len(values):.3g}" if values else "-"
+
+groups = {}
+for r in rows:
+    groups.setdefault(r["experiment"], []).append(r)
+tables = [("CartPole (DQN): greedy success rate", "cartpole", "success_rate"),
+          ("MountainCar (SAC): greedy success rate", "mountaincar", "success_rate"),
+          ("Humanoid (SAC, ViT-bigG-14 unless named): CLIP reward of the last frame of an evaluation episode "
+           "(the paper's success was judged by a person: look at strips/)", "humanoid", "last_frame_clip_reward")]
+lines = [f"# Results ({out})", ""]
+for title, prefix, key in tables:
+    names = sorted(n for n in groups if n.startswith(prefix))
+    if not names:
+        continue
+    lines += [f"## {title}", "", "| experiment | seeds | " + key + " (mean) | CLIP return (mean) | failed |", "|---|---|---|---|---|"]
+    for n in names:
+        ok = [r for r in groups[n] if r["status"] == "ok"]
+        lines.append(f"| {n} | {len(groups[n])} | {mean(r[key] for r in ok)} | {mean(r['clip_return'] for r in ok)} | "
+                     f"{len(groups[n]) - len(ok)} |")
+    lines.append("")
+with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write("\n".join(lines))
+print(f"summary: {len(rows)} runs ({sum(r['status'] != 'ok' for r in rows)} failed) -> "
+      f"{os.path.join(out, 'summary.csv')}, {os.path.join(out, 'summary.md')}")
+PY
+}
+
+if [ $SUMMARY_ONLY = 1 ]; then summarize; exit $?; fi
+
+PLAN=$(grid)
+if [ $DRY_RUN = 1 ]; then printf '%s\n' "$PLAN" | cut -f2-; exit 0; fi
+
+mkdir -p "$OUTPUT_DIR/logs" "$OUTPUT_DIR/runs"
+if [ $SMOKE = 1 ] && [ ! -f "$TINY_WEIGHTS" ]; then  # a tiny open_clip architecture with random weights
+    mkdir -p "$(dirname "$TINY_WEIGHTS")"
+    "$PYTHON" - "$TINY_MODEL" "$TINY_WEIGHTS" <<'PY' || exit 1
+import json, sys
+import open_clip, torch
+config, weights = sys.argv[1:]
+with open(config, "w") as f:
+    json.dump({"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}, f)
+open_clip.add_model_config(config)
+torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
+PY
+fi
+
+# Each run: "<experiment>_seed<N>" names its log and exit-status files.
+run_names=() commands=()
+while IFS=$'\t' read -r table command; do
+    experiment=$(sed -E 's/.*--exp-name ([^ ]+).*/\1/' <<<"$command")
+    seed=$(sed -E 's/.*--seed ([0-9]+).*/\1/' <<<"$command")
+    run_names+=("${experiment}_seed$seed") commands+=("$command")
+done <<<"$PLAN"
+
+if [ $SLURM = 1 ]; then
+    printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"
+    printf '%s\n' "${run_names[@]}" > "$OUTPUT_DIR/run_names.txt"
+    cat > "$OUTPUT_DIR/slurm_array.sh" <<EOF
+#!/usr/bin/env bash
+#SBATCH --job-name=vlmrm
+#SBATCH --array=0-$(( ${#commands[@]} - 1 ))
+#SBATCH --gres=gpu:$GPUS_PER_TASK
+#SBATCH --time=$TIME_LIMIT
+#SBATCH --output=$OUTPUT_DIR/logs/slurm_%A_%a.out
+$([ -n "$PARTITION" ] && echo "#SBATCH --partition=$PARTITION")
+cd "$PWD"
+name=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/run_names.txt")
+command=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/commands.txt")
+eval "\$command" > "$OUTPUT_DIR/logs/\$name.log" 2>&1
+echo \$? > "$OUTPUT_DIR/logs/\$name.status"
+EOF
+    sbatch "$OUTPUT_DIR/slurm_array.sh" || { echo "run_all.sh: sbatch failed" >&2; exit 1; }
+    echo "submitted ${#commands[@]} runs; when they are done: bash run_all.sh --summary-only --output-dir $OUTPUT_DIR"
+    exit 0
+fi
+
+# Locally: at most --jobs runs at a time, run k on GPU k mod (number of GPUs).
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+run_one() {  # $1 = index
+    local name=${run_names[$1]} command=${commands[$1]}
+    if [ "${GPUS:-0}" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$(( $1 % GPUS )); fi
+    echo "[$(date +%H:%M:%S)] start $name"
+    eval "$command" > "$OUTPUT_DIR/logs/$name.log" 2>&1
+    local code=$?
+    echo $code > "$OUTPUT_DIR/logs/$name.status"
+    echo "[$(date +%H:%M:%S)] $([ $code = 0 ] && echo done || echo "FAILED (exit $code)") $name"
+}
+for i in "${!commands[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    run_one "$i" &
+done
+wait
+summarize

@@ -1,0 +1,98 @@
+"""run_all.sh: the paper's grid, local and SLURM execution, the summary, failures that are not fatal."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+RUN_ALL = os.path.join(ROOT, "run_all.sh")
+
+
+def run_all(*flags, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy", **(env_extra or {})}
+    return subprocess.run(["bash", RUN_ALL, "--python", sys.executable, *flags], capture_output=True, text=True,
+                          env=env, timeout=1200)
+
+
+def read_summary(folder):
+    with open(os.path.join(folder, "summary.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_dry_run_lists_the_papers_grid():
+    result = run_all("--dry-run", "--seeds", "2")
+    assert result.returncode == 0 and not result.stderr
+    commands = result.stdout.strip().splitlines()
+    count = lambda text: sum(text in c for c in commands)  # noqa: E731
+    # Per seed: CartPole 5 alphas + ground truth; MountainCar textured and plain x 5 alphas + ground
+    # truth; Humanoid 8 tasks of Table 1, 2 more scenes for the ablation, 3 more models for the scale.
+    assert count("dqn_clip_cartpole.py") == 2 * 6 and count("sac_clip_mountaincar.py") == 2 * 11
+    assert count("sac_clip_humanoid.py") == 2 * 13 and len(commands) == 2 * 30
+    assert count("--reward ground-truth") == 2 * 2
+    assert count("--no-textured --alpha") == 2 * 5 and count("--textured --alpha") == 2 * 5
+    for alpha in ("0", "0.25", "0.5", "0.75", "1"):
+        assert count(f"--exp-name cartpole_alpha{alpha} --alpha {alpha} ") == 2
+    assert count("--prompt 'a humanoid robot kneeling'") == 2 * 6  # Table 1, 2 ablation scenes, 3 models
+    for model in ("RN50 --clip-pretrained openai", "ViT-L-14", "ViT-H-14"):
+        assert count(f"--clip-model {model}") == 2
+    assert count("--seed 1 ") == 30 and count("--seed 2 ") == 30
+    assert len(set(commands)) == len(commands)
+    only = run_all("--dry-run", "--only", "cartpole", "--only", "humanoid").stdout.strip().splitlines()
+    assert len(only) == 6 + 13
+
+
+def test_bad_flags_give_the_usage():
+    for flags in (["--only", "pong"], ["--seeds", "0"], ["--bogus"]):
+        result = run_all(*flags)
+        assert result.returncode == 2 and "usage: bash run_all.sh" in result.stderr, flags
+
+
+def test_smoke_grid_runs_every_experiment_and_writes_the_summary(tmp_path):
+    result = run_all("--smoke", "--jobs", "2", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_summary(tmp_path)
+    assert len(rows) == 30 and all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    assert all(int(r["steps"]) > 0 and r["git_commit"] for r in rows)
+    table = (tmp_path / "summary.md").read_text()
+    assert "## CartPole" in table and "## MountainCar" in table and "## Humanoid" in table
+    assert "| humanoid_kneeling_RN50 | 1 |" in table
+
+    # The summary is rebuilt from the run folders alone.
+    before = (tmp_path / "summary.csv").read_text()
+    os.remove(tmp_path / "summary.csv")
+    os.remove(tmp_path / "summary.md")
+    assert run_all("--summary-only", "--output-dir", str(tmp_path)).returncode == 0
+    assert (tmp_path / "summary.csv").read_text() == before and (tmp_path / "summary.md").is_file()
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
+    wrapper = tmp_path / "python_that_fails_once"
+    wrapper.write_text(f'#!/usr/bin/env bash\ncase "$*" in *cartpole_alpha0.25*) exit 3 ;; esac\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy"}
+    result = subprocess.run(["bash", RUN_ALL, "--python", str(wrapper), "--smoke", "--only", "cartpole", "--jobs", "2",
+                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0 and "FAILED (exit 3) cartpole_alpha0.25_seed1" in result.stdout
+    rows = read_summary(tmp_path / "out")
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert len(rows) == 6 and len(failed) == 1 and failed[0]["experiment"] == "cartpole_alpha0.25"
+    assert "| cartpole_alpha0.25 | 1 | - | - | 1 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_slurm_submits_one_array_task_per_run(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/usr/bin/env bash\necho "$@" > {tmp_path}/sbatch_args\necho "Submitted batch job 1"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    out = tmp_path / "out"
+    result = run_all("--slurm", "--only", "mountaincar", "--seeds", "2", "--partition", "gpu", "--gpus-per-task", "1",
+                     "--output-dir", str(out), env_extra={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sbatch_args").read_text().strip() == str(out / "slurm_array.sh")
+    array = (out / "slurm_array.sh").read_text()
+    assert "#SBATCH --array=0-21" in array and "#SBATCH --partition=gpu" in array and "--gres=gpu:1" in array
+    commands = (out / "commands.txt").read_text().strip().splitlines()
+    assert len(commands) == 22 and all("sac_clip_mountaincar.py" in c for c in commands)
+    assert not list((out / "runs").iterdir())  # nothing ran here
