@@ -800,6 +800,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             next_video += args.video_interval
     collect_rewards()
     envs.close()
+    loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
 
     results = evaluate(q_network, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
     final = dict(
@@ -808,7 +809,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
         td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
-        sps=global_step / (time.time() - start_time), wall_seconds=time.time() - start_time,
+        sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
     writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)

@@ -1034,6 +1034,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             next_eval = global_step + args.video_interval
     collect_rewards()
     envs.close()
+    loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
 
     results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
     final = dict(
@@ -1041,7 +1042,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         eval_last_frame_clip_reward=float(np.mean([r["last_frame_clip_reward"] for r in results])),
         **losses, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
-        sps=global_step / (time.time() - start_time), wall_seconds=time.time() - start_time,
+        sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
     if uses_clip:
