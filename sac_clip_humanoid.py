@@ -190,7 +190,7 @@ def sky_texture(rng, face: int = 256) -> np.ndarray:
     def side():
         upper = zenith + (horizon - zenith) * rows ** 0.7  # upper half of the face: sky
         upper = upper * (1 - clouds(0.8)) + 250 * clouds(0.8)
-        lower = np.broadcast_to(np.array([120, 120, 115]), (face, face, 3))  # below the horizon
+        lower = np.broadcast_to(horizon * 0.85, (face, face, 3))  # below the horizon: haze, seen past the floor
         image = np.concatenate([upper, lower], axis=0)[::2]  # horizon in the middle of the face
         return np.broadcast_to(image, (face, face, 3))
 
