@@ -87,7 +87,7 @@ class Args:
     # that made the Q-values diverge here; README, "DQN settings")
     total_timesteps: int = 3_000_000
     """total environment steps (summed over all envs)"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     """the learning rate of the optimizer (paper: 2.3e-3)"""
     buffer_size: int = 100_000
     """the replay memory buffer size"""
@@ -742,7 +742,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     is_success = lambda true_return: true_return == args.episode_length  # noqa: E731  (upright at every step)
     queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, is_success, writer)
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
-    start_time, global_step, steps_since_training, next_video = time.time(), 0, 0, 0
+    start_time, global_step, steps_since_training, updates_done, next_video = time.time(), 0, 0, 0, 0
     td_loss = q_values = None
 
     def collect_rewards():
@@ -761,13 +761,17 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
         obs = step_envs(envs, obs, actions, rb, queue, timings)
         global_step += args.num_envs
-        steps_since_training += args.num_envs
+        if global_step > args.learning_starts:  # no burst of catch-up updates at the first phase
+            steps_since_training += args.num_envs
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
+            if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
+                collect_rewards()
         if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
             n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
+            updates_done += n_updates
             for _ in range(n_updates):
                 b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
                 with torch.no_grad():
@@ -808,7 +812,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        td_loss=td_loss, q_values=q_values, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
+        td_loss=td_loss, q_values=q_values, global_step=global_step, gradient_steps_done=updates_done,
+        run_dir=run_dir, replay_buffer=rb,
         sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )

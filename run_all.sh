@@ -23,7 +23,7 @@ usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--
   --only NAME        run only this environment's experiments (repeatable; default: all three)
   --seeds N          seeds 1..N of every experiment (default 1; the paper used 4 for its Table 1
                      and 2 for its model-scale study)
-  --jobs N           runs at a time, locally (default 1); run k uses GPU k mod (number of GPUs)
+  --jobs N           runs at a time, locally (default 1), each lane of runs on its own GPU when there are enough
   --smoke            a few steps of every experiment with a tiny random-weight CLIP on the CPU
   --output-dir DIR   where runs, logs and the summary go (default runs/paper, runs/smoke with --smoke)
   --python CMD       the interpreter that runs the scripts (default: python)
@@ -124,8 +124,10 @@ TASKS
             printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_textures --no-textured --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_camera --camera stock --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             # Model scale on kneeling (ViT-bigG-14 is Table 1's kneeling run).
-            for model in RN50:openai ViT-L-14:laion2b_s32b_b82k ViT-H-14:laion2b_s32b_b79k; do
-                printf 'humanoid_scale\t%s\n' "$s --exp-name humanoid_kneeling_${model%%:*} --prompt $(q 'a humanoid robot kneeling') $(model_flags "${model%%:*}" "${model#*:}")"
+            # name:architecture:weights (OpenAI's RN50 was trained with QuickGELU: RN50-quickgelu builds it so)
+            for entry in RN50:RN50-quickgelu:openai ViT-L-14:ViT-L-14:laion2b_s32b_b82k ViT-H-14:ViT-H-14:laion2b_s32b_b79k; do
+                IFS=: read -r name architecture weights <<<"$entry"
+                printf 'humanoid_scale\t%s\n' "$s --exp-name humanoid_kneeling_$name --prompt $(q 'a humanoid robot kneeling') $(model_flags "$architecture" "$weights")"
             done
         fi
     done
@@ -157,6 +159,14 @@ for path in sorted(glob.glob(os.path.join(out, "logs", "*.status"))):
         name = os.path.basename(path)[: -len(".status")]
         experiment, seed = name.rsplit("_seed", 1)
         rows.append(dict(experiment=experiment, seed=int(seed), status=f"failed (exit {code}), see logs/{name}.log"))
+names = os.path.join(out, "run_names.txt")  # every planned run: one with neither file never finished
+if os.path.isfile(names):
+    seen = {f"{r['experiment']}_seed{r['seed']}" for r in rows}
+    for name in open(names).read().split():
+        if name not in seen:
+            experiment, seed = name.rsplit("_seed", 1)
+            rows.append(dict(experiment=experiment, seed=int(seed), status="missing: no results.json and no exit status "
+                             "(still running, or killed: time limit, preemption)"))
 fields = ["experiment", "script", "task", "alpha", "model", "textured", "camera", "seed", "steps", "wall_seconds",
           "success_rate", "clip_return", "last_frame_clip_reward", "status", "git_commit", "run_dir"]
 with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
@@ -221,9 +231,10 @@ while IFS=$'\t' read -r table command; do
     run_names+=("${experiment}_seed$seed") commands+=("$command")
 done <<<"$PLAN"
 
+printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"
+printf '%s\n' "${run_names[@]}" > "$OUTPUT_DIR/run_names.txt"
+
 if [ $SLURM = 1 ]; then
-    printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"
-    printf '%s\n' "${run_names[@]}" > "$OUTPUT_DIR/run_names.txt"
     cat > "$OUTPUT_DIR/slurm_array.sh" <<EOF
 #!/usr/bin/env bash
 #SBATCH --job-name=vlmrm
@@ -235,6 +246,7 @@ $([ -n "$PARTITION" ] && echo "#SBATCH --partition=$PARTITION")
 cd "$PWD"
 name=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/run_names.txt")
 command=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/commands.txt")
+trap 'echo "143 (terminated by SLURM)" > "$OUTPUT_DIR/logs/\$name.status"; exit 143' TERM
 eval "\$command" > "$OUTPUT_DIR/logs/\$name.log" 2>&1
 echo \$? > "$OUTPUT_DIR/logs/\$name.status"
 EOF
@@ -243,20 +255,23 @@ EOF
     exit 0
 fi
 
-# Locally: at most --jobs runs at a time, run k on GPU k mod (number of GPUs).
-GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-run_one() {  # $1 = index
+# Locally: --jobs lanes run at the same time; lane j runs runs j, j + jobs, ... one after the other,
+# on GPU j mod (number of GPUs), so that two runs share a GPU only when there are more lanes than GPUs.
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
+else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
+run_one() {  # $1 = run index, $2 = lane
     local name=${run_names[$1]} command=${commands[$1]}
-    if [ "${GPUS:-0}" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$(( $1 % GPUS )); fi
-    echo "[$(date +%H:%M:%S)] start $name"
+    if [ ${#GPU_IDS[@]} -gt 0 ]; then export CUDA_VISIBLE_DEVICES=${GPU_IDS[$(( $2 % ${#GPU_IDS[@]} ))]}; fi
+    echo "[$(date +%H:%M:%S)] start $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
     eval "$command" > "$OUTPUT_DIR/logs/$name.log" 2>&1
     local code=$?
     echo $code > "$OUTPUT_DIR/logs/$name.status"
     echo "[$(date +%H:%M:%S)] $([ $code = 0 ] && echo done || echo "FAILED (exit $code)") $name"
 }
-for i in "${!commands[@]}"; do
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    run_one "$i" &
-done
+lane() {
+    local i
+    for ((i = $1; i < ${#commands[@]}; i += JOBS)); do run_one "$i" "$1"; done
+}
+for ((j = 0; j < JOBS; j++)); do lane "$j" & done
 wait
 summarize

@@ -798,7 +798,9 @@ class Actor(nn.Module):
         u = mean + noise
         squashed = torch.tanh(u)
         log_prob = torch.distributions.Normal(mean, std).log_prob(u)
-        log_prob -= torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)  # change of variables
+        # Change of variables through tanh. The density is that of the action in [-1, 1], before scaling
+        # to the bounds (as SB3), so the entropy target -action_dim means the same in every env.
+        log_prob -= torch.log(1 - squashed.pow(2) + 1e-6)
         action = squashed * self.action_scale + self.action_bias
         return action, log_prob.sum(dim=-1), torch.tanh(mean) * self.action_scale + self.action_bias
 
@@ -977,7 +979,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
     queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, None, writer)  # no success criterion
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
-    start_time, global_step, steps_since_training, next_eval = time.time(), 0, 0, 0
+    start_time, global_step, steps_since_training, updates_done, next_eval = time.time(), 0, 0, 0, 0
     losses = {}
 
     def collect_rewards():
@@ -1014,13 +1016,17 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 actions = actor(torch.as_tensor(obs, device=device, dtype=torch.float32), exploration)[0].cpu().numpy()
         obs = step_envs(envs, obs, actions, rb, queue, timings, ground_truth=not uses_clip)
         global_step += args.num_envs
-        steps_since_training += args.num_envs
+        if global_step > args.learning_starts:  # no burst of catch-up updates at the first phase
+            steps_since_training += args.num_envs
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
+            if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
+                collect_rewards()
         if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
             n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
+            updates_done += n_updates
             for _ in range(n_updates):
                 losses = agent.update(*rb.sample(args.batch_size))
             timings["updates"] += time.perf_counter() - start
@@ -1041,7 +1047,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
         eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
         eval_last_frame_clip_reward=float(np.mean([r["last_frame_clip_reward"] for r in results])),
-        **losses, global_step=global_step, run_dir=run_dir, replay_buffer=rb,
+        **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir,
+        replay_buffer=rb,
         sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )

@@ -135,10 +135,9 @@ def measure_training(module, reward_model, args, folder):
     result = module.main(run_args, reward_model=reward_model)
     wall = time.perf_counter() - start
     loop_seconds = result["global_step"] / result["sps"]  # the training loop, without the final evaluation
-    n_updates = run_args.gradient_steps * (args.steps - run_args.learning_starts) / run_args.train_frequency
     shares = {phase: seconds / loop_seconds for phase, seconds in result["timings"].items()}
     return dict(sps=result["sps"], wall_seconds=wall, phase_share=shares,
-                updates_per_second=n_updates / max(result["timings"]["updates"], 1e-9))
+                updates_per_second=result["gradient_steps_done"] / max(result["timings"]["updates"], 1e-9))
 
 
 def main(args: Args) -> dict:

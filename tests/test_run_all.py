@@ -35,7 +35,7 @@ def test_dry_run_lists_the_papers_grid():
     for alpha in ("0", "0.25", "0.5", "0.75", "1"):
         assert count(f"--exp-name cartpole_alpha{alpha} --alpha {alpha} ") == 2
     assert count("--prompt 'a humanoid robot kneeling'") == 2 * 6  # Table 1, 2 ablation scenes, 3 models
-    for model in ("RN50 --clip-pretrained openai", "ViT-L-14", "ViT-H-14"):
+    for model in ("RN50-quickgelu --clip-pretrained openai", "ViT-L-14", "ViT-H-14"):
         assert count(f"--clip-model {model}") == 2
     assert count("--seed 1 ") == 30 and count("--seed 2 ") == 30
     assert len(set(commands)) == len(commands)
@@ -79,6 +79,14 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     failed = [r for r in rows if r["status"] != "ok"]
     assert len(rows) == 6 and len(failed) == 1 and failed[0]["experiment"] == "cartpole_alpha0.25"
     assert "| cartpole_alpha0.25 | 1 | - | - | 1 |" in (tmp_path / "out" / "summary.md").read_text()
+
+    # A run with neither results nor an exit status (killed) is listed as missing, not dropped.
+    (killed,) = (tmp_path / "out" / "runs").glob("CartPole__cartpole_alpha1__*")
+    os.remove(killed / "results.json")
+    os.remove(tmp_path / "out" / "logs" / "cartpole_alpha1_seed1.status")
+    assert run_all("--summary-only", "--output-dir", str(tmp_path / "out")).returncode == 0
+    missing = [r for r in read_summary(tmp_path / "out") if r["status"].startswith("missing")]
+    assert [r["experiment"] for r in missing] == ["cartpole_alpha1"]
 
 
 def test_slurm_submits_one_array_task_per_run(tmp_path):

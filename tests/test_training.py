@@ -34,6 +34,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     assert REQUIRED_KEYS <= set(scalars), REQUIRED_KEYS - set(scalars)
     td_losses = [v for _, v in scalars["losses/td_loss"]]
     assert len(td_losses) == 3  # training phases at 400, 500 and 600 steps (after learning-starts 300)
+    assert result["gradient_steps_done"] == 3 * 20  # no burst of catch-up updates at the first phase
     assert np.isfinite(td_losses).all() and np.isfinite([v for _, v in scalars["losses/q_values"]]).all()
     # 600 steps of 50-step episodes in 2 envs: 12 episodes, each logged with both returns.
     assert len(scalars["charts/episodic_return"]) == len(scalars["charts/episodic_clip_return"]) == 12
@@ -43,7 +44,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     events = EventAccumulator(result["run_dir"])
     events.Reload()
     hyperparameters = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "|alpha|0.5|" in hyperparameters and "|learning_rate|0.001|" in hyperparameters
+    assert "|alpha|0.5|" in hyperparameters and "|learning_rate|0.0005|" in hyperparameters
 
     assert os.path.isfile(os.path.join(result["run_dir"], "reward_landscape.png"))
     videos = glob.glob(os.path.join(result["run_dir"], "videos", "*.gif"))
@@ -90,9 +91,9 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
 
-    The script's DQN defaults (lr 1e-3, 100 updates every 200 steps, a target copy every 1000
-    steps) learned on seeds 1, 2 and 3 here (greedy success 1.0 each); the paper's lr 2.3e-3 with
-    200 updates and a fresh target every phase oscillated (seed 1 learned, seeds 2 and 3 did not).
+    The script's DQN defaults (lr 5e-4, 100 updates every 200 steps, a target copy every 1000
+    steps) reach greedy success ≥ 0.8 here; the paper's lr 2.3e-3 with 200 updates and a fresh
+    target every phase oscillated (seed 1 learned, seeds 2 and 3 did not).
     """
     args = short_args(tmp_path, total_timesteps=30_000, learning_starts=1_000, train_frequency=200,
                       gradient_steps=100, episode_length=200, num_envs=1, eval_episodes=10)
