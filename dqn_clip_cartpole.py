@@ -246,6 +246,16 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
+def resolve_clip_model(name: str) -> str:
+    """An open_clip architecture name; a model config file (.json) is registered under its file name."""
+    if not name.endswith(".json"):
+        return name
+    if not os.path.isfile(name):
+        fail(f"--clip-model {name!r}: no such model config file.")
+    open_clip.add_model_config(name)
+    return os.path.splitext(os.path.basename(name))[0]
+
+
 def check_reward_args(args, loads_weights: bool = True):
     """Check the reward flags before anything expensive is loaded."""
     if not 0.0 <= args.alpha <= 1.0:
@@ -259,11 +269,7 @@ def check_reward_args(args, loads_weights: bool = True):
         fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
-    if args.clip_model.endswith(".json"):  # a custom architecture: register its config under its file name
-        if not os.path.isfile(args.clip_model):
-            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
-        open_clip.add_model_config(args.clip_model)
-        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
+    args.clip_model = resolve_clip_model(args.clip_model)
     if args.clip_model not in open_clip.list_models():
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
              "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, "

@@ -66,7 +66,7 @@ done
 [ -n "$OUTPUT_DIR" ] || OUTPUT_DIR=$([ $SMOKE = 1 ] && echo runs/smoke || echo runs/paper)
 wants() { [[ " ${ONLY[*]} " == *" $1 "* ]]; }
 
-# --- The grid: one line per run, "<experiment id>\t<command>" --------------------------------
+# --- The grid: one line per run, "<experiment>_seed<N>\t<command>" -----------------------------
 ALPHAS=(0 0.25 0.5 0.75 1)
 TINY_MODEL="$OUTPUT_DIR/smoke_model/tiny-clip.json" TINY_WEIGHTS="$OUTPUT_DIR/smoke_model/tiny-clip.pt"
 
@@ -84,6 +84,10 @@ smoke_flags() {  # a handful of steps, CPU-sized
     esac
 }
 
+emit() {  # $1 = experiment name, $2 = its flags; uses the caller's $s (script and common flags) and $seed
+    printf '%s_seed%s\t%s --exp-name %s%s\n' "$1" "$seed" "$s" "$1" "${2:+ $2}"
+}
+
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }  # single-quote a prompt for the shell
 
 grid() {
@@ -92,24 +96,24 @@ grid() {
         if wants cartpole; then
             local s="$PYTHON dqn_clip_cartpole.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags cartpole)"
             for alpha in "${ALPHAS[@]}"; do
-                printf 'cartpole\t%s\n' "$s --exp-name cartpole_alpha$alpha --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+                emit cartpole_alpha$alpha "--alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             done
-            printf 'cartpole\t%s\n' "$s --exp-name cartpole_ground_truth --reward ground-truth"
+            emit cartpole_ground_truth "--reward ground-truth"
         fi
         if wants mountaincar; then
             local s="$PYTHON sac_clip_mountaincar.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags mountaincar)"
             for textured in textured no-textured; do
                 for alpha in "${ALPHAS[@]}"; do
-                    printf 'mountaincar\t%s\n' "$s --exp-name mountaincar_${textured}_alpha$alpha --$textured --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+                    emit mountaincar_${textured}_alpha$alpha "--$textured --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
                 done
             done
-            printf 'mountaincar\t%s\n' "$s --exp-name mountaincar_ground_truth --reward ground-truth"
+            emit mountaincar_ground_truth "--reward ground-truth"
         fi
         if wants humanoid; then
             local s="$PYTHON sac_clip_humanoid.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags humanoid)"
             # Table 1: eight tasks, alpha 0, ViT-bigG-14, textured scene, the paper's camera.
             while IFS='|' read -r task prompt; do
-                printf 'humanoid_tasks\t%s\n' "$s --exp-name humanoid_$task --prompt $(q "$prompt") $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+                emit humanoid_$task "--prompt $(q "$prompt") $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             done <<'TASKS'
 kneeling|a humanoid robot kneeling
 lotus_position|a humanoid robot seated down, meditating in the lotus position
@@ -121,13 +125,13 @@ arms_crossed|a humanoid robot standing up, with its arms crossed
 standing_on_one_leg|a humanoid robot standing up on one leg
 TASKS
             # Scene ablation on kneeling (textures + camera is Table 1's kneeling run).
-            printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_textures --no-textured --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
-            printf 'humanoid_ablation\t%s\n' "$s --exp-name humanoid_kneeling_stock_camera --camera stock --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            emit humanoid_kneeling_stock_textures "--no-textured --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
+            emit humanoid_kneeling_stock_camera "--camera stock --prompt $(q 'a humanoid robot kneeling') $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             # Model scale on kneeling (ViT-bigG-14 is Table 1's kneeling run).
             # name:architecture:weights (OpenAI's RN50 was trained with QuickGELU: RN50-quickgelu builds it so)
             for entry in RN50:RN50-quickgelu:openai ViT-L-14:ViT-L-14:laion2b_s32b_b82k ViT-H-14:ViT-H-14:laion2b_s32b_b79k; do
                 IFS=: read -r name architecture weights <<<"$entry"
-                printf 'humanoid_scale\t%s\n' "$s --exp-name humanoid_kneeling_$name --prompt $(q 'a humanoid robot kneeling') $(model_flags "$architecture" "$weights")"
+                emit humanoid_kneeling_$name "--prompt $(q 'a humanoid robot kneeling') $(model_flags "$architecture" "$weights")"
             done
         fi
     done
@@ -223,12 +227,10 @@ torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
 PY
 fi
 
-# Each run: "<experiment>_seed<N>" names its log and exit-status files.
+# Each run's name, "<experiment>_seed<N>", names its log and exit-status files.
 run_names=() commands=()
-while IFS=$'\t' read -r table command; do
-    experiment=$(sed -E 's/.*--exp-name ([^ ]+).*/\1/' <<<"$command")
-    seed=$(sed -E 's/.*--seed ([0-9]+).*/\1/' <<<"$command")
-    run_names+=("${experiment}_seed$seed") commands+=("$command")
+while IFS=$'\t' read -r name command; do
+    run_names+=("$name") commands+=("$command")
 done <<<"$PLAN"
 
 printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"

@@ -63,6 +63,13 @@ def choose_gl_backend() -> str | None:
 
 GL_BACKEND = choose_gl_backend()
 
+
+def require_gl():
+    """Stop with one sentence where a frame is needed and no headless OpenGL works here."""
+    if GL_BACKEND is None:
+        fail("no headless OpenGL for MuJoCo: install EGL or OSMesa (Debian: apt-get install libegl1 "
+             "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
+
 import gymnasium as gym  # noqa: E402  (after MUJOCO_GL is set)
 import open_clip  # noqa: E402
 import torch  # noqa: E402
@@ -296,9 +303,7 @@ class CLIPHumanoidEnv(HumanoidEnv):
                          terminate_when_unhealthy=terminate)
 
     def render(self):
-        if GL_BACKEND is None:
-            fail("no headless OpenGL for MuJoCo: install EGL or OSMesa (Debian: apt-get install libegl1 "
-                 "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
+        require_gl()
         return super().render()
 
 
@@ -353,6 +358,16 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
+def resolve_clip_model(name: str) -> str:
+    """An open_clip architecture name; a model config file (.json) is registered under its file name."""
+    if not name.endswith(".json"):
+        return name
+    if not os.path.isfile(name):
+        fail(f"--clip-model {name!r}: no such model config file.")
+    open_clip.add_model_config(name)
+    return os.path.splitext(os.path.basename(name))[0]
+
+
 def check_reward_args(args, loads_weights: bool = True):
     """Check the reward flags before anything expensive is loaded."""
     if not 0.0 <= args.alpha <= 1.0:
@@ -366,11 +381,7 @@ def check_reward_args(args, loads_weights: bool = True):
         fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
-    if args.clip_model.endswith(".json"):  # a custom architecture: register its config under its file name
-        if not os.path.isfile(args.clip_model):
-            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
-        open_clip.add_model_config(args.clip_model)
-        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
+    args.clip_model = resolve_clip_model(args.clip_model)
     if args.clip_model not in open_clip.list_models():
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
              "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, "
@@ -950,9 +961,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         if value < 1:
             fail(f"{flag} must be at least 1, got {value}.")
     uses_clip = args.reward == "clip"
-    if uses_clip and GL_BACKEND is None:
-        fail("no headless OpenGL for MuJoCo: install EGL or OSMesa (Debian: apt-get install libegl1 "
-             "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
+    if uses_clip:
+        require_gl()
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
     seed_everything(args.seed, args.torch_deterministic)

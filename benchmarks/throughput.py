@@ -62,10 +62,7 @@ def load_script(name: str):
 
 
 def build_reward(module, args, device):
-    name = args.clip_model
-    if name.endswith(".json"):
-        open_clip.add_model_config(name)
-        name = os.path.splitext(os.path.basename(name))[0]
+    name = module.resolve_clip_model(args.clip_model)
     model = open_clip.create_model(name, device=device).eval().requires_grad_(False)
     defaults = module.Args()
     return module.CLIPReward(model, open_clip.get_tokenizer(name), defaults.prompt, defaults.baseline_prompt, 0.5,

@@ -123,6 +123,11 @@ class PoleTiltEncoder(StandInEncoder):
         return (4 * torch.atan2(dx, dy_up).abs()).clamp(max=np.pi)
 
 
+def is_car_red(red, green, blue):
+    """Pixels of MountainCar's red car (numpy arrays or tensors of the three channels, 0..255)."""
+    return (red > 150) & (green < 60) & (blue < 70)
+
+
 class CarPositionEncoder(StandInEncoder):
     """Sees MountainCar's red car: φ = π (0.45 - x) / span clipped to [0, π], x read from the car's pixels.
 
@@ -140,8 +145,7 @@ class CarPositionEncoder(StandInEncoder):
         return np.cos(np.pi * np.clip((0.45 - np.asarray(x)) / self.span, 0, 1))
 
     def angle(self, pixels):
-        red = (pixels[:, 0] > 150) & (pixels[:, 1] < 60) & (pixels[:, 2] < 70)
-        car_x, _ = self.centroid(red)
+        car_x, _ = self.centroid(is_car_red(pixels[:, 0], pixels[:, 1], pixels[:, 2]))
         position = -1.2 + (car_x + 0.5) / pixels.shape[-1] * 1.8  # the frame spans x in [-1.2, 0.6]
         return (np.pi * (0.45 - position) / self.span).clamp(0, np.pi)
 

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import CarPositionEncoder, mountaincar, read_scalars
+from conftest import CarPositionEncoder, is_car_red, mountaincar, read_scalars
 from test_reward import direct_reward
 from test_training import REQUIRED_KEYS
 
@@ -19,8 +19,7 @@ BASELINE = ("a car in the mountain",)
 
 
 def red_columns(frame):
-    red = (frame[..., 0] > 150) & (frame[..., 1] < 60) & (frame[..., 2] < 70)
-    return np.nonzero(red)[1]
+    return np.nonzero(is_car_red(frame[..., 0], frame[..., 1], frame[..., 2]))[1]
 
 
 def short_args(tmp_path, **overrides):

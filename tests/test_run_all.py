@@ -71,9 +71,8 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     wrapper = tmp_path / "python_that_fails_once"
     wrapper.write_text(f'#!/usr/bin/env bash\ncase "$*" in *cartpole_alpha0.25*) exit 3 ;; esac\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy"}
-    result = subprocess.run(["bash", RUN_ALL, "--python", str(wrapper), "--smoke", "--only", "cartpole", "--jobs", "2",
-                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    result = run_all("--python", str(wrapper), "--smoke", "--only", "cartpole", "--jobs", "2",  # the last --python wins
+                     "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 0 and "FAILED (exit 3) cartpole_alpha0.25_seed1" in result.stdout
     rows = read_summary(tmp_path / "out")
     failed = [r for r in rows if r["status"] != "ok"]
