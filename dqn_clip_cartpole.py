@@ -15,7 +15,6 @@ the CLIP reward, the replay buffer and the queue that batches frames through CLI
 the reward landscape and evaluation, then the training loop.
 """
 
-import copy
 import json
 import logging
 import os
@@ -71,52 +70,77 @@ class Args:
     clip_pretrained: str = "laion2b_s39b_b160k"
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """CLIP image-encoder precision; `auto` measures each on the landscape frames and takes the fastest that stays faithful to fp32"""
-    clip_batch_size: int = 256
-    """most frames per CLIP forward pass; frames of all envs and several steps are queued and scored together"""
+    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU, as the authors ran, fp32 on a CPU"""
+    clip_batch_size: int = 1600
+    """frames queued before CLIP scores them together (a training phase also scores whatever is queued)"""
+    clip_chunk_size: int = 256
+    """most frames per CLIP forward pass (bounds GPU memory: ~7 GB of activations for ViT-bigG-14 in fp16; README, "Speed")"""
     landscape_points: int = 41
-    """pole angles in the reward-landscape sweep made before training (also used to choose `auto` precision)"""
+    """pole angles in the reward-landscape sweep made before training"""
 
     # Environment
-    num_envs: int = 1
-    """the number of parallel environments"""
+    num_envs: int = 8
+    """the number of parallel environments (paper: 8 per GPU)"""
     episode_length: int = 200
     """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
 
-    # DQN (defaults: the paper's CartPole run, RL-zoo hyperparameters, except three marked "paper:"
-    # that made the Q-values diverge here; README, "DQN settings")
+    # DQN: the paper's CartPole run, i.e. the authors' config run through SB3 with their config class's
+    # defaults. SB3 counts train_freq and gradient_steps in vector steps of 8 envs; here every step count
+    # is in transitions (summed over envs), so the updates per transition are the paper's for any --num-envs.
     total_timesteps: int = 3_000_000
-    """total environment steps (summed over all envs)"""
+    """total environment steps (transitions, summed over all envs)"""
     learning_rate: float = 5e-4
-    """the learning rate of the optimizer (paper: 2.3e-3)"""
-    buffer_size: int = 100_000
-    """the replay memory buffer size"""
+    """the learning rate of the optimizer (paper: 2.3e-3, which learned and then lost the task here; README)"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size (SB3's default)"""
     gamma: float = 0.99
     """the discount factor gamma"""
-    tau: float = 1.0
-    """the target network update rate (1.0 = hard copy)"""
-    target_network_frequency: int = 1000
-    """environment steps between target network updates (paper: 10, i.e. a fresh target every training phase)"""
+    tau: float = 0.005
+    """the target network update rate: target <- tau * online + (1 - tau) * target (1.0 = hard copy)"""
+    target_network_frequency: int = 8
+    """transitions between two target network updates (paper: after every vector step of 8 envs)"""
     batch_size: int = 64
     """the batch size of samples from the replay memory"""
     start_e: float = 1.0
     """the starting epsilon for exploration"""
-    end_e: float = 0.04
+    end_e: float = 0.05
     """the ending epsilon for exploration"""
-    exploration_fraction: float = 0.16
+    exploration_fraction: float = 0.1
     """the fraction of `total-timesteps` it takes from start-e to go end-e"""
     learning_starts: int = 75_000
-    """environment steps before learning starts"""
-    train_frequency: int = 200
-    """environment steps between two training phases"""
-    gradient_steps: int = 100
-    """gradient steps per training phase, scaled if a phase covers more than `train-frequency` steps (paper: 200)"""
+    """transitions collected before learning starts"""
+    train_frequency: int = 1600
+    """transitions (summed over envs) between two training phases (paper: 200 vector steps of 8 envs)"""
+    gradient_steps: int = 200
+    """gradient steps per training phase: gradient-steps / train-frequency updates per transition (paper: 200 per 1600)"""
     max_grad_norm: float = 10.0
     """gradient-norm clipping of the Q-network update (as in SB3's DQN, which the paper used)"""
     hidden_size: int = 256
     """width of the two hidden layers of the Q-network"""
     eval_episodes: int = 10
-    """greedy evaluation episodes at the end of training"""
+    """greedy evaluation episodes at the end of training (0: no final evaluation)"""
+
+
+# Allowed values of the numeric flags, checked before anything is loaded.
+RANGES = dict(num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)", learning_rate="(0, inf)",
+              buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", target_network_frequency="[1, inf)",
+              batch_size="[1, inf)", start_e="[0, 1]", end_e="[0, 1]", exploration_fraction="(0, 1]",
+              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)",
+              max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
+              clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
+
+
+# ==== BEGIN SHARED BLOCK: flag-ranges (identical in every script; tests/test_shared_blocks.py) ====
+def check_ranges(args, ranges: dict):
+    """Stop with one sentence if a numeric flag lies outside its interval, e.g. {"gamma": "[0, 1]"}."""
+    for name, interval in ranges.items():
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        value = getattr(args, name)
+        above = low <= value if interval[0] == "[" else low < value
+        below = value <= high if interval[-1] == "]" else value < high
+        if not (above and below):
+            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
+# ==== END SHARED BLOCK: flag-ranges ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,11 +150,13 @@ class CLIPCartPoleEnv(CartPoleEnv):
     """gymnasium's CartPole with the paper's changes, rendered at CLIP's input size.
 
     - No termination: the pole may fall and the episode goes on until the time limit.
-    - The cart is kept on screen: its position is clipped to ±2.4 (it stops at the wall).
+    - The cart is kept on screen by walls at ±2.4 (the paper clipped its position). The walls are
+      inelastic: they stop outward motion only, so the cart drives away when pushed away, and while
+      a wall holds the cart the pole swings about a fixed pivot.
     - The pole angle is wrapped to [-π, π), so a pole that swings round stays describable.
     - The environment's reward is the ground-truth signal, 1 while "upright" (pole within ±12°),
       else 0; `info["upright"]` carries it too. The paper's "cart in bounds" holds by construction:
-      clipping keeps the cart within gymnasium's bounds test (out means |x| > 2.4), and a cart
+      the walls keep the cart within gymnasium's bounds test (out means |x| > 2.4), and a cart
       resting at the wall with its pole up is what the goal prompt describes. (Counting the wall as
       failure, a penalty that arrives ~100 steps after the drift that causes it, made DQN unstable.)
     """
@@ -146,16 +172,33 @@ class CLIPCartPoleEnv(CartPoleEnv):
         )
 
     def step(self, action):
-        self.steps_beyond_terminated = None  # the parent warns about stepping after a fall
-        super().step(action)
+        # gymnasium's CartPole equations of motion (Euler integration), written out so that the wall
+        # can act on them.
         x, x_dot, theta, theta_dot = self.state
-        if abs(x) >= self.x_threshold:
-            x, x_dot = float(np.clip(x, -self.x_threshold, self.x_threshold)), 0.0
+        force = self.force_mag if action == 1 else -self.force_mag
+        sin, cos = np.sin(theta), np.cos(theta)
+        temp = (force + self.polemass_length * theta_dot**2 * sin) / self.total_mass
+        theta_acc = (self.gravity * sin - cos * temp) / (
+            self.length * (4.0 / 3.0 - self.masspole * cos**2 / self.total_mass))
+        x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
+        wall = np.sign(x) if abs(x) >= self.x_threshold else 0.0  # +1 / -1 while at the right / left wall
+        if x_acc * wall > 0:
+            # Pushed into the wall: the wall holds the cart, and the pole swings about a fixed pivot
+            # (a uniform rod of half-length l: θ'' = 3 g sin θ / 4l). Pushed away, the cart drives off.
+            x_acc, theta_acc = 0.0, 3.0 * self.gravity * sin / (4.0 * self.length)
+        x, x_dot = x + self.tau * x_dot, x_dot + self.tau * x_acc
+        theta, theta_dot = theta + self.tau * theta_dot, theta_dot + self.tau * theta_acc
+        if abs(x) > self.x_threshold:
+            # The cart hits the wall (inelastic): it stops there, and the sudden stop of the pivot passes
+            # to the pole (angular momentum about the pivot is conserved through the impact).
+            x = float(np.clip(x, -self.x_threshold, self.x_threshold))
+            if x_dot * np.sign(x) > 0:
+                theta_dot += 3.0 * np.cos(theta) * x_dot / (4.0 * self.length)
+                x_dot = 0.0
         theta = (theta + np.pi) % (2 * np.pi) - np.pi
         self.state = np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
         upright = self.is_upright()
-        info = {"upright": upright}
-        return np.array(self.state, dtype=np.float32), float(upright), False, False, info
+        return np.array(self.state, dtype=np.float32), float(upright), False, False, {"upright": upright}
 
     def is_upright(self) -> bool:
         x, _, theta, _ = self.state
@@ -265,8 +308,6 @@ def check_reward_args(args, loads_weights: bool = True):
             fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
     if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
         fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
-    if args.clip_batch_size < 1:
-        fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
     args.clip_model = resolve_clip_model(args.clip_model)
@@ -315,10 +356,10 @@ class CLIPReward(nn.Module):
     """
 
     def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
-                 device="cpu", batch_size: int = 256):
+                 device="cpu", chunk_size: int = 256, precision: str = "fp32"):
         super().__init__()
-        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
-        self.precision = "fp32"
+        self.model, self.device, self.chunk_size = model, torch.device(device), chunk_size
+        self.precision = precision  # of the image encoder's matrix products (autocast); see choose_precision
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"]
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
@@ -342,20 +383,16 @@ class CLIPReward(nn.Module):
         tokens = tokenizer(list(prompts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
 
-    def cast(self, precision: str):
-        """Run the image encoder in fp32, bf16 or fp16 (text embeddings stay the fp32 ones)."""
-        self.model.to(TORCH_DTYPES[precision])
-        self.precision = precision
-        return self
-
     @torch.no_grad()
     def embed_images(self, frames) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
         x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
         if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
-        x = ((x - self.mean) / self.std).to(TORCH_DTYPES[self.precision])
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+        x = (x - self.mean) / self.std
+        with torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.precision], enabled=self.precision != "fp32"):
+            embeddings = self.model.encode_image(x)
+        return F.normalize(embeddings.float(), dim=-1)
 
     def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         residual = (image_embeddings - self.goal) @ self.projection
@@ -363,58 +400,23 @@ class CLIPReward(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames) -> np.ndarray:
-        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `batch_size` frames."""
-        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.batch_size]))
-                   for i in range(0, len(frames), self.batch_size)]
+        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `chunk_size` frames
+        (activation memory grows with the frames per pass: a chunk bounds it, whatever N)."""
+        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.chunk_size]))
+                   for i in range(0, len(frames), self.chunk_size)]
         return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
 
 
-def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp16"), tolerance=0.05):
-    """Score `frames` in fp32 and in each candidate precision (on copies of the model).
+def choose_precision(flag: str, device) -> str:
+    """`--clip-precision`: `auto` is fp16 autocast on a GPU (as the authors ran CLIP) and fp32 on a CPU.
 
-    A precision is faithful when its largest reward error is at most `tolerance` times the spread
-    of the fp32 rewards over the frames: errors small against the differences the agent must see.
-    Returns one row per precision with seconds per frame, error, spread, Spearman correlation.
+    A fixed rule, not a measurement, so that two runs with the same flags run the same arithmetic.
+    (benchmarks/throughput.py measures the speed and reward fidelity of each precision.)
     """
-
-    def timed_rewards(model):
-        model(frames[:1])  # warm-up (kernel selection, lazy init)
-        start = time.perf_counter()
-        rewards = model(frames)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return rewards, (time.perf_counter() - start) / len(frames)
-
-    reference, fp32_seconds = timed_rewards(reward_model)
-    spread = float(reference.max() - reference.min())
-    rows = [dict(precision="fp32", seconds_per_frame=fp32_seconds, max_error=0.0, spread=spread,
-                 spearman=1.0, faithful=True)]
-    for precision in candidates:
-        try:
-            rewards, seconds = timed_rewards(copy.deepcopy(reward_model).cast(precision))
-        except RuntimeError:  # e.g. an op without a kernel for this dtype on this device
-            continue
-        error = float(np.abs(rewards - reference).max())
-        spearman = float(np.corrcoef(np.argsort(np.argsort(rewards)), np.argsort(np.argsort(reference)))[0, 1])
-        rows.append(dict(precision=precision, seconds_per_frame=seconds, max_error=error, spread=spread,
-                         spearman=spearman, faithful=error <= tolerance * spread))
-    return rows
-
-
-def fastest_faithful(rows) -> str:
-    return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
-
-
-def set_precision(reward_model: CLIPReward, frames, precision: str):
-    """Cast to `--clip-precision`; with `auto`, measure on `frames` and take the fastest faithful one."""
-    if precision == "auto":
-        rows = measure_precisions(reward_model, frames)
-        for row in rows:
-            print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
-                  f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
-        precision = fastest_faithful(rows)
-    reward_model.cast(precision)
-    print(f"CLIP image encoder runs in {precision}")
+    precision = flag if flag != "auto" else ("fp16" if torch.device(device).type == "cuda" else "fp32")
+    print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
+          + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
+    return precision
 # ==== END SHARED BLOCK: clip-reward ====
 
 
@@ -439,7 +441,8 @@ class ReplayBuffer:
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
-        self.rewards = np.zeros(size, dtype=np.float32)
+        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored: a
+        # transition sampled before its reward has arrived would make the losses NaN, not silently 0
         self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
 
     def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
@@ -626,6 +629,28 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
     return max(slope * t + start_e, end_e)
 
 
+def dqn_update(q_network, target_network, optimizer, batch, gamma: float, max_grad_norm: float) -> dict:
+    """One gradient step: Huber loss (as SB3's DQN) between Q(s, a) and r + γ max_a' Q_target(s', a'),
+    with no bootstrap from a terminal state (a truncated episode is not terminal: it is bootstrapped)."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        td_target = rewards + gamma * target_network(next_obs).max(dim=1).values * (1 - terminations)
+    q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
+    loss = F.smooth_l1_loss(q_taken, td_target)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
+    optimizer.step()
+    return dict(td_loss=loss.item(), q_values=q_taken.mean().item())
+
+
+@torch.no_grad()
+def polyak_update(network, target_network, tau: float):
+    """target <- tau * online + (1 - tau) * target (tau = 1: a hard copy)."""
+    for param, target_param in zip(network.parameters(), target_network.parameters()):
+        target_param.lerp_(param, tau)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reward landscape (the paper's figure 2) and greedy evaluation
 # ---------------------------------------------------------------------------------------------
@@ -706,28 +731,24 @@ def save_video(frames, clip_rewards, path: str):
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_ranges(args, RANGES)
     check_reward_args(args, loads_weights=reward_model is None)
-    for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
-                        ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length)):
-        if value < 1:
-            fail(f"{flag} must be at least 1, got {value}.")
     run_name = f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # The reward model: text embeddings once, then the precision check on the landscape frames.
+    # The reward model: text embeddings once, then the reward landscape of the prompt.
     if args.reward == "clip" and reward_model is None:
         model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
-        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
-                                  device=device, batch_size=args.clip_batch_size)
+        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha, device=device,
+                                  chunk_size=args.clip_chunk_size, precision=choose_precision(args.clip_precision, device))
     writer = SummaryWriter(run_dir)
     write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if reward_model is not None else None
     if reward_model is not None:
         angles = np.linspace(-0.5, 0.5, args.landscape_points)
         frames, upright = landscape_frames(frame_size, angles)
-        set_precision(reward_model, frames, args.clip_precision)
         rewards = reward_model(frames)
         fig = plot_reward_landscape(angles, rewards, upright, "pole angle (rad)", "upright (ground truth)",
                                     f"{args.prompt[0]!r}, alpha={args.alpha}",
@@ -748,8 +769,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     is_success = lambda true_return: true_return == args.episode_length  # noqa: E731  (upright at every step)
     queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, is_success, writer)
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
-    start_time, global_step, steps_since_training, updates_done, next_video = time.time(), 0, 0, 0, 0
-    td_loss = q_values = None
+    start_time, global_step, updates_done, target_updates_done, next_video = time.time(), 0, 0, 0, 0
+    losses = {}
 
     def collect_rewards():
         stats.add(queue.collect(), global_step)
@@ -767,40 +788,31 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
         obs = step_envs(envs, obs, actions, rb, queue, timings)
         global_step += args.num_envs
-        if global_step > args.learning_starts:  # no burst of catch-up updates at the first phase
-            steps_since_training += args.num_envs
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
             if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
                 collect_rewards()
-        if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
+
+        # Training phases: gradient-steps per train-frequency transitions after learning starts, counted
+        # in transitions so that the updates per transition do not depend on --num-envs.
+        updates_owed = args.gradient_steps * max(global_step - args.learning_starts, 0) // args.train_frequency
+        if updates_owed - updates_done >= args.gradient_steps:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
-            n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
-            updates_done += n_updates
-            for _ in range(n_updates):
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
-                with torch.no_grad():
-                    target_max = target_network(b_next_obs).max(dim=1).values
-                    td_target = b_rewards + args.gamma * target_max * (1 - b_terminations)
-                q_taken = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
-                loss = F.smooth_l1_loss(q_taken, td_target)  # Huber, as SB3's DQN
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
-                optimizer.step()
-            td_loss, q_values = loss.item(), q_taken.mean().item()
+            for _ in range(updates_owed - updates_done):
+                losses = dqn_update(q_network, target_network, optimizer, rb.sample(args.batch_size), args.gamma,
+                                    args.max_grad_norm)
+            updates_done = updates_owed
             timings["updates"] += time.perf_counter() - start
-            steps_since_training = 0
-            sps = log_training_phase(writer, dict(td_loss=td_loss, q_values=q_values), timings, global_step, start_time)
+            sps = log_training_phase(writer, losses, timings, global_step, start_time)
             writer.add_scalar("charts/epsilon", epsilon, global_step)
             recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
-            print(f"step {global_step}: SPS {sps}, td_loss {td_loss:.4f}, success (last 10 episodes) {recent}")
+            print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4f}, success (last 10 episodes) {recent}")
 
-        # Target network: hard (tau=1) copy every `target_network_frequency` env steps.
-        if global_step % args.target_network_frequency < args.num_envs:
-            for target_param, param in zip(target_network.parameters(), q_network.parameters()):
-                target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
+        # Target network: a Polyak step every `target-network-frequency` transitions (SB3 counts them the same way).
+        while target_updates_done < global_step // args.target_network_frequency:
+            polyak_update(q_network, target_network, args.tau)
+            target_updates_done += 1
 
         if args.capture_video and global_step >= next_video:
             episode = evaluate(q_network, reward_model, args, device, 1, frame_size or (224, 224), args.seed)[0]
@@ -813,20 +825,19 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
 
     results = evaluate(q_network, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
+    mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(
-        eval_success_rate=float(np.mean([r["success"] for r in results])),
-        eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
-        eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
+        eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        td_loss=td_loss, q_values=q_values, global_step=global_step, gradient_steps_done=updates_done,
-        run_dir=run_dir, replay_buffer=rb,
-        sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
+        **losses, global_step=global_step, gradient_steps_done=updates_done, target_updates_done=target_updates_done,
+        run_dir=run_dir, replay_buffer=rb, sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
-    writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
-    writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
-    if reward_model is not None:
-        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+    if results:
+        writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
+        writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
+        if reward_model is not None:
+            writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
         torch.save(q_network.state_dict(), model_path)

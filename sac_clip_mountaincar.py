@@ -18,7 +18,6 @@ CLIP reward, the replay buffer and the queue that batches frames through CLIP, t
 training loop.
 """
 
-import copy
 import json
 import logging
 import math
@@ -75,11 +74,13 @@ class Args:
     clip_pretrained: str = "laion2b_s39b_b160k"
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """CLIP image-encoder precision; `auto` measures each on the landscape frames and takes the fastest that stays faithful to fp32"""
+    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU, as the authors ran, fp32 on a CPU"""
     clip_batch_size: int = 256
-    """most frames per CLIP forward pass; frames of all envs and several steps are queued and scored together"""
+    """frames queued before CLIP scores them together (a training phase also scores whatever is queued)"""
+    clip_chunk_size: int = 256
+    """most frames per CLIP forward pass (bounds GPU memory: ~7 GB of activations for ViT-bigG-14 in fp16; README, "Speed")"""
     landscape_points: int = 41
-    """car positions in the reward-landscape sweep made before training (also used to choose `auto` precision)"""
+    """car positions in the reward-landscape sweep made before training"""
 
     # Environment
     textured: bool = True
@@ -89,9 +90,11 @@ class Args:
     episode_length: int = 200
     """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
 
-    # SAC (defaults: the paper's MountainCar run, RL-zoo hyperparameters as in the authors' code)
+    # SAC: the paper's MountainCar run (App. C), i.e. RL-zoo's MountainCarContinuous settings run through
+    # SB3 with 1 env: 32 gradient steps every 32 steps, one update per transition. Every step count here
+    # is in transitions (summed over envs), so the updates per transition stay the same for any --num-envs.
     total_timesteps: int = 3_000_000
-    """total environment steps (summed over all envs)"""
+    """total environment steps (transitions, summed over all envs)"""
     buffer_size: int = 50_000
     """the replay memory buffer size"""
     gamma: float = 0.9999
@@ -101,13 +104,13 @@ class Args:
     batch_size: int = 512
     """the batch size of samples from the replay memory"""
     learning_starts: int = 100
-    """environment steps before learning starts (random actions until then)"""
+    """transitions collected before learning starts (random actions until then)"""
     learning_rate: float = 3e-4
     """the learning rate of the actor, critics and entropy coefficient (the paper says 1e-4, its code ran 3e-4)"""
     train_frequency: int = 32
-    """environment steps between two training phases"""
+    """transitions (summed over envs) between two training phases"""
     gradient_steps: int = 32
-    """gradient steps per training phase (scaled if a phase covers more than `train-frequency` steps)"""
+    """gradient steps per training phase: gradient-steps / train-frequency updates per transition (paper: 1)"""
     hidden_size: int = 64
     """width of the two hidden layers of the actor and of each critic"""
     ent_coef: float = 0.1
@@ -117,11 +120,32 @@ class Args:
     sde: bool = True
     """if toggled, gSDE: exploration noise that is a function of the state, redrawn every `sde-sample-freq` steps; `--no-sde`: new Gaussian noise every step"""
     sde_sample_freq: int = 32
-    """environment steps between two draws of the exploration matrix (with `--sde`)"""
+    """transitions between two draws of the exploration matrix (with `--sde`)"""
     log_std_init: float = -3.67
     """initial log standard deviation of the exploration weights (with `--sde`; RL-zoo's value)"""
     eval_episodes: int = 10
-    """deterministic evaluation episodes at the end of training"""
+    """deterministic evaluation episodes at the end of training (0: no final evaluation)"""
+
+
+# Allowed values of the numeric flags, checked before anything is loaded.
+RANGES = dict(num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)", learning_rate="(0, inf)",
+              buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)", learning_starts="[0, inf)",
+              train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)", ent_coef="[0, inf)",
+              sde_sample_freq="[1, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
+              clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
+
+
+# ==== BEGIN SHARED BLOCK: flag-ranges (identical in every script; tests/test_shared_blocks.py) ====
+def check_ranges(args, ranges: dict):
+    """Stop with one sentence if a numeric flag lies outside its interval, e.g. {"gamma": "[0, 1]"}."""
+    for name, interval in ranges.items():
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        value = getattr(args, name)
+        above = low <= value if interval[0] == "[" else low < value
+        below = value <= high if interval[-1] == "]" else value < high
+        if not (above and below):
+            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
+# ==== END SHARED BLOCK: flag-ranges ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +347,6 @@ def check_reward_args(args, loads_weights: bool = True):
             fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
     if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
         fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
-    if args.clip_batch_size < 1:
-        fail(f"--clip-batch-size must be at least 1, got {args.clip_batch_size}.")
     if args.reward == "ground-truth" or not loads_weights:
         return
     args.clip_model = resolve_clip_model(args.clip_model)
@@ -373,10 +395,10 @@ class CLIPReward(nn.Module):
     """
 
     def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
-                 device="cpu", batch_size: int = 256):
+                 device="cpu", chunk_size: int = 256, precision: str = "fp32"):
         super().__init__()
-        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
-        self.precision = "fp32"
+        self.model, self.device, self.chunk_size = model, torch.device(device), chunk_size
+        self.precision = precision  # of the image encoder's matrix products (autocast); see choose_precision
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"]
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
@@ -400,20 +422,16 @@ class CLIPReward(nn.Module):
         tokens = tokenizer(list(prompts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
 
-    def cast(self, precision: str):
-        """Run the image encoder in fp32, bf16 or fp16 (text embeddings stay the fp32 ones)."""
-        self.model.to(TORCH_DTYPES[precision])
-        self.precision = precision
-        return self
-
     @torch.no_grad()
     def embed_images(self, frames) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
         x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
         if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
-        x = ((x - self.mean) / self.std).to(TORCH_DTYPES[self.precision])
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+        x = (x - self.mean) / self.std
+        with torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.precision], enabled=self.precision != "fp32"):
+            embeddings = self.model.encode_image(x)
+        return F.normalize(embeddings.float(), dim=-1)
 
     def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         residual = (image_embeddings - self.goal) @ self.projection
@@ -421,58 +439,23 @@ class CLIPReward(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames) -> np.ndarray:
-        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `batch_size` frames."""
-        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.batch_size]))
-                   for i in range(0, len(frames), self.batch_size)]
+        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `chunk_size` frames
+        (activation memory grows with the frames per pass: a chunk bounds it, whatever N)."""
+        rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.chunk_size]))
+                   for i in range(0, len(frames), self.chunk_size)]
         return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
 
 
-def measure_precisions(reward_model: CLIPReward, frames, candidates=("bf16", "fp16"), tolerance=0.05):
-    """Score `frames` in fp32 and in each candidate precision (on copies of the model).
+def choose_precision(flag: str, device) -> str:
+    """`--clip-precision`: `auto` is fp16 autocast on a GPU (as the authors ran CLIP) and fp32 on a CPU.
 
-    A precision is faithful when its largest reward error is at most `tolerance` times the spread
-    of the fp32 rewards over the frames: errors small against the differences the agent must see.
-    Returns one row per precision with seconds per frame, error, spread, Spearman correlation.
+    A fixed rule, not a measurement, so that two runs with the same flags run the same arithmetic.
+    (benchmarks/throughput.py measures the speed and reward fidelity of each precision.)
     """
-
-    def timed_rewards(model):
-        model(frames[:1])  # warm-up (kernel selection, lazy init)
-        start = time.perf_counter()
-        rewards = model(frames)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return rewards, (time.perf_counter() - start) / len(frames)
-
-    reference, fp32_seconds = timed_rewards(reward_model)
-    spread = float(reference.max() - reference.min())
-    rows = [dict(precision="fp32", seconds_per_frame=fp32_seconds, max_error=0.0, spread=spread,
-                 spearman=1.0, faithful=True)]
-    for precision in candidates:
-        try:
-            rewards, seconds = timed_rewards(copy.deepcopy(reward_model).cast(precision))
-        except RuntimeError:  # e.g. an op without a kernel for this dtype on this device
-            continue
-        error = float(np.abs(rewards - reference).max())
-        spearman = float(np.corrcoef(np.argsort(np.argsort(rewards)), np.argsort(np.argsort(reference)))[0, 1])
-        rows.append(dict(precision=precision, seconds_per_frame=seconds, max_error=error, spread=spread,
-                         spearman=spearman, faithful=error <= tolerance * spread))
-    return rows
-
-
-def fastest_faithful(rows) -> str:
-    return min((r for r in rows if r["faithful"]), key=lambda r: r["seconds_per_frame"])["precision"]
-
-
-def set_precision(reward_model: CLIPReward, frames, precision: str):
-    """Cast to `--clip-precision`; with `auto`, measure on `frames` and take the fastest faithful one."""
-    if precision == "auto":
-        rows = measure_precisions(reward_model, frames)
-        for row in rows:
-            print(f"precision {row['precision']}: {1 / row['seconds_per_frame']:.1f} frames/s, max reward "
-                  f"error {row['max_error']:.2e} vs spread {row['spread']:.2e}, faithful={row['faithful']}")
-        precision = fastest_faithful(rows)
-    reward_model.cast(precision)
-    print(f"CLIP image encoder runs in {precision}")
+    precision = flag if flag != "auto" else ("fp16" if torch.device(device).type == "cuda" else "fp32")
+    print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
+          + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
+    return precision
 # ==== END SHARED BLOCK: clip-reward ====
 
 
@@ -497,7 +480,8 @@ class ReplayBuffer:
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
-        self.rewards = np.zeros(size, dtype=np.float32)
+        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored: a
+        # transition sampled before its reward has arrived would make the losses NaN, not silently 0
         self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
 
     def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
@@ -734,8 +718,16 @@ class Actor(nn.Module):
         """Standard normal ε for gSDE's weights W = σ_W ⊙ ε: (*batch_shape, hidden, action_dim)."""
         return torch.randn(*batch_shape, *self.log_std.shape, device=self.log_std.device)
 
+    def mean_action(self, obs):
+        """The deterministic action (evaluation): draws no noise, so it leaves the random streams of
+        training untouched (an evaluation must not change the run it evaluates)."""
+        mean = self.mean(self.trunk(obs))
+        if self.sde:
+            mean = mean.clamp(-2.0, 2.0)
+        return torch.tanh(mean) * self.action_scale + self.action_bias
+
     def forward(self, obs, exploration=None):
-        """Returns (action, log π(action | obs), deterministic action).
+        """Returns (action, log π(action | obs)), the action sampled.
 
         `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
         draws a fresh one shared by the whole batch (one per gradient step, as SB3 does).
@@ -758,8 +750,7 @@ class Actor(nn.Module):
         # Change of variables through tanh. The density is that of the action in [-1, 1], before scaling
         # to the bounds (as SB3), so the entropy target -action_dim means the same in every env.
         log_prob -= torch.log(1 - squashed.pow(2) + 1e-6)
-        action = squashed * self.action_scale + self.action_bias
-        return action, log_prob.sum(dim=-1), torch.tanh(mean) * self.action_scale + self.action_bias
+        return squashed * self.action_scale + self.action_bias, log_prob.sum(dim=-1)
 
 
 class SoftActorCritic:
@@ -786,12 +777,17 @@ class SoftActorCritic:
         else:
             self.ent_coef = args.ent_coef
 
+    @torch.no_grad()
+    def td_target(self, rewards, next_obs, terminations):
+        """Soft Bellman target r + γ (min Q_target(s', a') - α log π(a'|s')), a' ~ π(s'), not bootstrapped
+        from a terminal state (a time-limit truncation is not terminal: it is bootstrapped)."""
+        next_actions, next_log_pi = self.actor(next_obs)
+        next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
+        return rewards + self.gamma * (1 - terminations) * (next_q - self.ent_coef * next_log_pi)
+
     def update(self, obs, actions, rewards, next_obs, terminations) -> dict:
-        # Critics: soft Bellman target from the target critics, bootstrapped unless the state is terminal.
-        with torch.no_grad():
-            next_actions, next_log_pi, _ = self.actor(next_obs)
-            next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
-            td_target = rewards + self.gamma * (1 - terminations) * (next_q - self.ent_coef * next_log_pi)
+        # Critics: regress both onto the soft Bellman target of the target critics.
+        td_target = self.td_target(rewards, next_obs, terminations)
         qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
         qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
         self.q_optimizer.zero_grad()
@@ -799,7 +795,7 @@ class SoftActorCritic:
         self.q_optimizer.step()
 
         # Actor: maximise the soft value of its own (reparameterised) actions.
-        pi, log_pi, _ = self.actor(obs)
+        pi, log_pi = self.actor(obs)
         actor_loss = (self.ent_coef * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
@@ -850,7 +846,7 @@ def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed:
         frames, true_return, done = [], 0.0, False
         while not done:
             with torch.no_grad():
-                action = actor(torch.as_tensor(obs, device=device)[None])[2][0].cpu().numpy()
+                action = actor.mean_action(torch.as_tensor(obs, device=device)[None])[0].cpu().numpy()
             obs, reward, terminated, truncated, info = env.step(action)
             true_return += reward
             if frame_size is not None:
@@ -907,29 +903,24 @@ def save_video(frames, clip_rewards, path: str):
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_ranges(args, RANGES)
     check_reward_args(args, loads_weights=reward_model is None)
-    for flag, value in (("--num-envs", args.num_envs), ("--total-timesteps", args.total_timesteps),
-                        ("--train-frequency", args.train_frequency), ("--episode-length", args.episode_length),
-                        ("--sde-sample-freq", args.sde_sample_freq), ("--batch-size", args.batch_size)):
-        if value < 1:
-            fail(f"{flag} must be at least 1, got {value}.")
     run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # The reward model: text embeddings once, then the precision check on the landscape frames.
+    # The reward model: text embeddings once, then the reward landscape of the prompt.
     if args.reward == "clip" and reward_model is None:
         model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
-        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha,
-                                  device=device, batch_size=args.clip_batch_size)
+        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha, device=device,
+                                  chunk_size=args.clip_chunk_size, precision=choose_precision(args.clip_precision, device))
     writer = SummaryWriter(run_dir)
     write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if reward_model is not None else None
     if reward_model is not None:
         positions = np.linspace(-1.2, 0.6, args.landscape_points)
         frames, at_goal = landscape_frames(frame_size, positions, args.textured)
-        set_precision(reward_model, frames, args.clip_precision)
         rewards = reward_model(frames)
         fig = plot_reward_landscape(positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
                                     f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
@@ -949,7 +940,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     is_success = lambda true_return: true_return > 0  # noqa: E731  (the car reached the flag)
     queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, is_success, writer)
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
-    start_time, global_step, steps_since_training, updates_done, next_video = time.time(), 0, 0, 0, 0
+    start_time, global_step, updates_done, next_video = time.time(), 0, 0, 0
     losses = {}
 
     def collect_rewards():
@@ -969,21 +960,21 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
         obs = step_envs(envs, obs, actions, rb, queue, timings)
         global_step += args.num_envs
-        if global_step > args.learning_starts:  # no burst of catch-up updates at the first phase
-            steps_since_training += args.num_envs
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
             if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
                 collect_rewards()
-        if global_step > args.learning_starts and steps_since_training >= args.train_frequency:
+
+        # Training phases: gradient-steps per train-frequency transitions after learning starts, counted
+        # in transitions so that the updates per transition do not depend on --num-envs.
+        updates_owed = args.gradient_steps * max(global_step - args.learning_starts, 0) // args.train_frequency
+        if updates_owed - updates_done >= args.gradient_steps:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
-            n_updates = round(args.gradient_steps * steps_since_training / args.train_frequency)
-            updates_done += n_updates
-            for _ in range(n_updates):
+            for _ in range(updates_owed - updates_done):
                 losses = agent.update(*rb.sample(args.batch_size))
+            updates_done = updates_owed
             timings["updates"] += time.perf_counter() - start
-            steps_since_training = 0
             sps = log_training_phase(writer, losses, timings, global_step, start_time)
             if args.sde:
                 writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
@@ -1003,19 +994,19 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
 
     results = evaluate(actor, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
+    mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(
-        eval_success_rate=float(np.mean([r["success"] for r in results])),
-        eval_episodic_return=float(np.mean([r["true_return"] for r in results])),
-        eval_clip_return=float(np.mean([r["clip_return"] for r in results])),
+        eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
         **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir,
         replay_buffer=rb, sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
-    writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
-    writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
-    if reward_model is not None:
-        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+    if results:
+        writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
+        writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
+        if reward_model is not None:
+            writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
         torch.save(agent.state_dict(), model_path)

@@ -56,8 +56,8 @@ def tiny_reward(tiny_clip):
     tokenizer = open_clip.get_tokenizer(name)
 
     def make(goal=("pole vertically upright on top of the cart",), baseline=("pole and cart",), alpha=0.0,
-             batch_size=256):
-        return cartpole.CLIPReward(model, tokenizer, goal, baseline, alpha, batch_size=batch_size)
+             chunk_size=256, precision="fp32"):
+        return cartpole.CLIPReward(model, tokenizer, goal, baseline, alpha, chunk_size=chunk_size, precision=precision)
 
     return make
 

@@ -151,8 +151,8 @@ def test_actor_log_prob_matches_a_sampled_density(sde):
     obs = torch.tensor([[-0.5, 0.01]]).repeat(200_000, 1)
     exploration = actor.sample_exploration(len(obs)) if sde else None  # one noise draw per sample
     with torch.no_grad():
-        actions, log_prob, deterministic = actor(obs, exploration)
-    assert actions.abs().max() <= 1 and torch.allclose(deterministic, deterministic[:1])
+        actions, log_prob = actor(obs, exploration)
+    assert actions.abs().max() <= 1
     histogram, edges = np.histogram(actions[:, 0].numpy(), bins=40, density=True)
     centres = (edges[:-1] + edges[1:]) / 2
     density = np.interp(centres, *zip(*sorted(zip(actions[:, 0].numpy(), log_prob.exp().numpy()))))
@@ -166,11 +166,27 @@ def test_gsde_noise_is_a_fixed_function_of_the_state_between_draws():
     obs = torch.tensor([[-0.5, 0.01], [-0.3, -0.02]])
     exploration = actor.sample_exploration(2)
     with torch.no_grad():
-        first, _, _ = actor(obs, exploration)
-        again, _, _ = actor(obs, exploration)
-        redrawn, _, _ = actor(obs, actor.sample_exploration(2))
+        first, _ = actor(obs, exploration)
+        again, _ = actor(obs, exploration)
+        redrawn, _ = actor(obs, actor.sample_exploration(2))
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, redrawn)
+
+
+@pytest.mark.parametrize("sde", [True, False])
+def test_mean_action_draws_no_random_numbers(sde):
+    """Evaluation acts with the mean action and must leave torch's random stream (training's) untouched."""
+    torch.manual_seed(0)
+    actor = mountaincar.Actor(OBSERVATION_SPACE, ACTION_SPACE, 16, sde=sde, log_std_init=-1.0)
+    obs = torch.tensor([[-0.5, 0.01], [0.2, -0.03]])
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        mean = actor.mean_action(obs)
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():  # the sampled actions scatter around it: tanh of the Gaussian's centre
+        features = actor.trunk(obs)
+        centre = actor.mean(features).clamp(-2, 2) if sde else actor.mean(features)
+    torch.testing.assert_close(mean, torch.tanh(centre) * actor.action_scale + actor.action_bias)
 
 
 # --- training loop -----------------------------------------------------------------------------

@@ -91,13 +91,14 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
 
-    The script's DQN defaults (lr 5e-4, 100 updates every 200 steps, a target copy every 1000
-    steps) reach greedy success ≥ 0.8 here; the paper's lr 2.3e-3 with 200 updates and a fresh
-    target every phase oscillated (seed 1 learned, seeds 2 and 3 did not).
+    The script's defaults (the paper's DQN at its 1/8 updates per transition, lr 5e-4), learning from
+    step 1,000 instead of 75,000. With the ground-truth reward the same settings reach 9 of the last 10
+    episodes upright by 14k-28k steps (README, "Where the defaults differ from the paper").
     """
-    args = short_args(tmp_path, total_timesteps=30_000, learning_starts=1_000, train_frequency=200,
-                      gradient_steps=100, episode_length=200, num_envs=1, eval_episodes=10)
+    args = cartpole.Args(clip_model="unused", total_timesteps=30_000, learning_starts=1_000, eval_episodes=10,
+                         landscape_points=9, output_dir=str(tmp_path), seed=1)
     result = cartpole.main(args, reward_model=pole_tilt_reward)
+    assert result["gradient_steps_done"] == 200 * (29_000 // 1600)  # the paper's ratio: 200 per 1,600 transitions
     assert result["eval_success_rate"] >= 0.8, result
 
 

@@ -1,0 +1,188 @@
+"""The update rules and their schedules: bootstrapping, entropy tuning, target networks, updates per
+transition, rewards in place before sampling, and the same run from the same seed."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cartpole, humanoid, mountaincar, read_scalars
+from test_humanoid import needs_gl
+
+OBSERVATION_SPACE = mountaincar.CLIPMountainCarEnv().observation_space
+ACTION_SPACE = mountaincar.CLIPMountainCarEnv().action_space
+
+
+def sac_agent(**overrides):
+    settings = dict(gamma=0.9, tau=0.01, hidden_size=16, sde=False, log_std_init=-3.0, learning_rate=1e-2,
+                    autotune=True, ent_coef=0.1)
+    settings.update(overrides)
+    return mountaincar.SoftActorCritic(OBSERVATION_SPACE, ACTION_SPACE, types.SimpleNamespace(**settings), "cpu")
+
+
+def test_dqn_target_bootstraps_a_truncation_not_a_termination():
+    """Row 0 ends in a terminal state (no bootstrap); row 1 was cut by the time limit (bootstrapped)."""
+    torch.manual_seed(0)
+    q_network, target_network = cartpole.QNetwork(4, 2, 16), cartpole.QNetwork(4, 2, 16)
+    torch.nn.init.constant_(target_network.network[-1].bias, 10.0)  # max Q_target ≈ 10: bootstrapping shows
+    obs, next_obs = torch.randn(2, 4), torch.randn(2, 4)
+    actions, rewards, terminations = torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
+        bootstrap = 0.99 * target_network(next_obs).max(dim=1).values
+    optimizer = torch.optim.SGD(q_network.parameters(), lr=0.0)
+    losses = cartpole.dqn_update(q_network, target_network, optimizer, (obs, actions, rewards, next_obs, terminations),
+                                 gamma=0.99, max_grad_norm=10.0)
+    loss = lambda target: F.smooth_l1_loss(q_taken, target).item()  # noqa: E731
+    assert losses["td_loss"] == pytest.approx(loss(rewards + torch.tensor([0.0, 1.0]) * bootstrap), rel=1e-6)
+    assert abs(losses["td_loss"] - loss(rewards + bootstrap)) > 1  # bootstrapping the terminal row: off by ~5
+    assert abs(losses["td_loss"] - loss(rewards)) > 1  # not bootstrapping the truncated row: off by ~5
+
+
+def test_sac_target_bootstraps_a_truncation_not_a_termination():
+    torch.manual_seed(0)
+    agent = sac_agent(autotune=False)
+    for critic in (agent.qf1_target, agent.qf2_target):
+        torch.nn.init.constant_(critic.network[-1].bias, 10.0)  # soft Q ≈ 10: bootstrapping shows
+    next_obs = torch.tensor([[-0.5, 0.01], [0.1, -0.02]])
+    rewards, terminations = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])
+    torch.manual_seed(1)
+    target = agent.td_target(rewards, next_obs, terminations)
+    torch.manual_seed(1)  # the same a' ~ π(s')
+    with torch.no_grad():
+        next_actions, next_log_pi = agent.actor(next_obs)
+        soft_q = torch.min(agent.qf1_target(next_obs, next_actions), agent.qf2_target(next_obs, next_actions)) \
+            - 0.1 * next_log_pi
+    assert target[0].item() == 1.0  # terminal: the reward alone
+    assert target[1].item() == pytest.approx(1.0 + 0.9 * soft_q[1].item(), rel=1e-6)
+    assert soft_q[1].item() > 5  # so that a missing bootstrap would show
+
+
+# log σ = -5 + 3.5 (tanh(bias) + 1): bias -6 gives σ = e^-5, a near-deterministic policy (entropy far below
+# the target -1); bias 0.458 gives σ = 1, which spreads tanh(u) over [-1, 1] (entropy ≈ 0.4, above it).
+@pytest.mark.parametrize("log_std_bias, rises", [(-6.0, True), (0.458, False)])
+def test_entropy_coefficient_rises_when_entropy_is_below_target(log_std_bias, rises):
+    """SAC's α follows the entropy: raised while the policy is more certain than the target -|A|, lowered
+    while it is less certain."""
+    torch.manual_seed(0)
+    agent = sac_agent()
+    torch.nn.init.zeros_(agent.actor.log_std.weight)
+    torch.nn.init.constant_(agent.actor.log_std.bias, log_std_bias)
+    batch = (torch.rand(64, 2) - 0.5, torch.rand(64, 1) * 2 - 1, torch.zeros(64), torch.rand(64, 2) - 0.5,
+             torch.zeros(64))
+    for _ in range(5):
+        agent.update(*batch)
+    assert (agent.ent_coef > 1.0) == rises and agent.ent_coef != 1.0
+
+
+def test_sac_target_critics_move_by_tau_after_each_gradient_step():
+    torch.manual_seed(0)
+    agent = sac_agent(tau=0.25)
+    before = [p.clone() for p in agent.qf1_target.parameters()]
+    batch = (torch.rand(32, 2) - 0.5, torch.rand(32, 1) * 2 - 1, torch.rand(32), torch.rand(32, 2) - 0.5,
+             torch.zeros(32))
+    agent.update(*batch)
+    for old, online, target in zip(before, agent.qf1.parameters(), agent.qf1_target.parameters()):
+        torch.testing.assert_close(target, 0.75 * old + 0.25 * online)
+        assert not torch.equal(target, old)
+
+
+def gt_args(module, tmp_path, **overrides):
+    settings = dict(reward="ground-truth", clip_model="unused", eval_episodes=0, output_dir=str(tmp_path), seed=1)
+    settings.update(overrides)
+    return module.Args(**settings)
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_dqn_target_network_follows_its_schedule(tmp_path, monkeypatch, num_envs):
+    """A Polyak step every `target-network-frequency` transitions, however many envs step at once."""
+    calls = []
+    polyak_update = cartpole.polyak_update
+    monkeypatch.setattr(cartpole, "polyak_update", lambda *a: calls.append(a[2]) or polyak_update(*a))
+    result = cartpole.main(gt_args(cartpole, tmp_path, num_envs=num_envs, total_timesteps=240, learning_starts=120,
+                                   train_frequency=60, gradient_steps=3, target_network_frequency=8, tau=0.3))
+    assert len(calls) == result["target_updates_done"] == result["global_step"] // 8 and set(calls) == {0.3}
+
+
+@pytest.mark.parametrize("module, flags, updates_per_transition", [
+    (cartpole, dict(), 200 / 1600),
+    (mountaincar, dict(batch_size=32), 1.0),
+    (humanoid, dict(batch_size=32, hidden_size=32), 100 / 3200),
+])
+@pytest.mark.parametrize("num_envs", [1, 4])
+def test_updates_per_transition_are_the_papers_for_any_num_envs(tmp_path, module, flags, updates_per_transition,
+                                                                num_envs):
+    """The default gradient-steps / train-frequency, counted in transitions: the paper's ratio (CartPole 1/8,
+    MountainCar 1, Humanoid 1/32), with 1 env or 4."""
+    defaults = module.Args()
+    assert defaults.gradient_steps / defaults.train_frequency == updates_per_transition
+    total = defaults.train_frequency
+    result = module.main(gt_args(module, tmp_path, num_envs=num_envs, total_timesteps=total, learning_starts=0,
+                                 **flags))
+    assert result["global_step"] == total
+    assert result["gradient_steps_done"] == total * updates_per_transition
+
+
+def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path, monkeypatch):
+    """Rewards arrive from CLIP later than their transitions; no training phase may sample before they do
+    (an unscored reward is NaN in the buffer)."""
+    sampled = []
+    sample = cartpole.ReplayBuffer.sample
+
+    def checked_sample(self, batch_size):
+        stored = self.size if self.full else self.pos
+        sampled.append(bool(np.isfinite(self.rewards[:stored]).all()))
+        return sample(self, batch_size)
+
+    monkeypatch.setattr(cartpole.ReplayBuffer, "sample", checked_sample)
+    args = cartpole.Args(clip_model="unused", total_timesteps=300, learning_starts=100, train_frequency=50,
+                         gradient_steps=2, episode_length=40, num_envs=2, eval_episodes=0, landscape_points=5,
+                         clip_batch_size=10_000, output_dir=str(tmp_path))  # the queue never fills by itself
+    cartpole.main(args, reward_model=pole_tilt_reward)
+    assert len(sampled) == 8 and all(sampled)
+
+
+def test_ring_buffer_wraps_with_rewards_still_pending(pole_tilt_reward):
+    """More transitions than slots while their rewards are still being scored: each slot ends up with the
+    reward of the transition that holds it now."""
+    angles = np.linspace(-0.6, 0.6, 12)
+    frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
+    rb = cartpole.ReplayBuffer(8, 4, (), np.int64, "cpu")
+    queue = cartpole.RewardQueue(pole_tilt_reward, rb)
+    for step in range(6):  # 2 envs: transitions 0..11 go to slots 0..7, then 0..3 again
+        next_obs = np.zeros((2, 4))
+        next_obs[:, 2] = angles[2 * step: 2 * step + 2]
+        slots = rb.add(np.zeros((2, 4)), next_obs, np.zeros(2), np.zeros(2))
+        queue.put(slots, frames[2 * step: 2 * step + 2], [0.0, 0.0], [False, False])
+        if step == 2:
+            queue.submit()  # transitions 0..5 in flight while 6..11 overwrite slots 0..3
+    queue.collect()
+    expected = pole_tilt_reward(frames)
+    np.testing.assert_allclose(rb.rewards[[4, 5, 6, 7, 0, 1, 2, 3]], expected[4:], atol=1e-6)
+    np.testing.assert_allclose(rb.rewards, pole_tilt_reward.model.expected_reward(rb.next_obs[:, 2]), atol=0.4)
+
+
+def curves(result):
+    scalars = read_scalars(result["run_dir"])
+    return {key: [v for _, v in scalars[key]] for key in ("losses/td_loss", "charts/episodic_return")}
+
+
+@pytest.mark.parametrize("module, flags", [
+    (cartpole, dict(num_envs=2, total_timesteps=600, learning_starts=200, train_frequency=100, gradient_steps=10,
+                    episode_length=50)),
+    (mountaincar, dict(num_envs=2, total_timesteps=400, learning_starts=100, train_frequency=32, gradient_steps=8,
+                       batch_size=32, episode_length=50)),
+    pytest.param(humanoid, dict(num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50,
+                                gradient_steps=4, batch_size=32, hidden_size=32, episode_length=50),
+                 marks=needs_gl),
+])
+def test_same_seed_same_run_with_or_without_evaluations_on_the_way(tmp_path, module, flags):
+    """Two CPU runs with one seed give the same losses and returns, also when one of them stops for
+    evaluation episodes (videos, image strips) on the way: evaluation must not touch training's random streams."""
+    plain = module.main(gt_args(module, tmp_path / "a", eval_episodes=1, **flags))
+    watched = module.main(gt_args(module, tmp_path / "b", eval_episodes=1, capture_video=True, video_interval=200,
+                                  **flags))
+    assert curves(plain) == curves(watched)
+    assert len(curves(plain)["losses/td_loss"]) >= 3 and len(curves(plain)["charts/episodic_return"]) >= 4
