@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from conftest import PoleTiltEncoder, cartpole
 
@@ -31,12 +32,65 @@ def test_ground_truth_upright_band():
         assert env.is_upright() == expected, (theta, x)
 
 
-def test_cart_stops_at_the_wall_and_angle_wraps():
+def drive_into_the_right_wall(env):
+    """From 2.3 m at 2 m/s, push right until the cart has hit the wall; returns the state just before the hit."""
+    env.reset(seed=0)
+    env.set_state(x=2.3, x_dot=2.0, theta=0.05)
+    while True:
+        before = env.state.copy()
+        env.step(1)
+        if env.state[0] == 2.4:
+            return before
+
+
+def test_the_wall_stops_the_cart_and_passes_its_momentum_to_the_pole():
+    """An inelastic hit: the cart stops at x = 2.4, and the pole's angular momentum about the (now fixed)
+    pivot is conserved: θ' jumps by 3 cos θ v / 4l, so a cart hitting the wall tips its pole over."""
+    env = cartpole.CLIPCartPoleEnv()
+    x, x_dot, theta, theta_dot = drive_into_the_right_wall(env)
+    l = env.length
+    assert env.state[1] == 0.0 and x_dot > 2.0
+    # θ' after this step is θ' + τ θ'' + the impulse, where τ θ'' of the cart pushed right is only ~ -0.3.
+    impulse = 3 * np.cos(env.state[2]) * x_dot / (4 * l)
+    assert env.state[3] > theta_dot + 0.9 * impulse > theta_dot + 2  # ~3 rad/s from ~2.4 m/s
+
+
+def test_the_cart_drives_away_from_the_wall_when_pushed_away():
+    """Thirty pushes away from the wall carry the cart away (the old clip zeroed its velocity every step)."""
+    env = cartpole.CLIPCartPoleEnv()
+    drive_into_the_right_wall(env)
+    positions = []
+    for _ in range(30):
+        obs, *_ = env.step(0)
+        positions.append(obs[0])
+    assert positions[0] == np.float32(2.4)  # Euler: the first push gives velocity, the next steps move it
+    assert np.all(np.diff(positions) < 0) and positions[-1] < 1.5 and obs[1] < -1.0
+
+
+def test_a_cart_held_at_the_wall_leaves_the_pole_swinging_about_a_fixed_pivot():
+    """Pushed into the wall, the cart stays at x = 2.4 at rest, and the pole follows the pendulum on a fixed
+    pivot, θ'' = 3 g sin θ / 4l, not gymnasium's free-cart equation (which would accelerate the cart)."""
     env = cartpole.CLIPCartPoleEnv()
     env.reset(seed=0)
-    env.set_state(x=2.39, x_dot=3.0)
-    obs, *_ = env.step(1)
-    assert obs[0] == np.float32(2.4) and obs[1] == 0.0
+    env.set_state(x=2.4, theta=0.1)
+    g, l, tau = env.gravity, env.length, env.tau
+    for _ in range(30):
+        theta, theta_dot = env.state[2], env.state[3]
+        obs, *_ = env.step(1)
+        assert obs[0] == np.float32(2.4) and obs[1] == 0.0
+        assert (env.state[3] - theta_dot) / tau == pytest.approx(3 * g * np.sin(theta) / (4 * l), rel=1e-6)
+    assert env.state[2] > 0.4  # it fell towards the wall over the 30 steps (0.6 s)
+    # gymnasium's free cart pushed right at θ = 0.1 would give θ'' ≈ -13 rad/s², not +1.5.
+    free = cartpole.CLIPCartPoleEnv()
+    free.reset(seed=0)
+    free.set_state(x=0.0, theta=0.1)
+    free.step(1)
+    assert free.state[3] / tau < -10
+
+
+def test_the_angle_wraps():
+    env = cartpole.CLIPCartPoleEnv()
+    env.reset(seed=0)
     env.set_state(theta=np.pi - 0.001, theta_dot=2.0)
     obs, *_ = env.step(0)
     assert -np.pi <= obs[2] < -np.pi + 0.1  # went over the bottom and wrapped
