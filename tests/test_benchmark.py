@@ -1,16 +1,27 @@
-"""benchmarks/throughput.py runs at a tiny size and reports every figure (no test asserts a time)."""
+"""benchmarks/throughput.py and benchmarks/clip_memory.py run at a tiny size and report every figure
+(no test asserts a time)."""
 
 import importlib.util
 import json
 import os
 
+import numpy as np
+import open_clip
 import pytest
+import torch
 
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("throughput", os.path.join(ROOT, "benchmarks", "throughput.py"))
-throughput = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(throughput)
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput = load_benchmark("throughput")
+clip_memory = load_benchmark("clip_memory")
 
 FIELDS = {"settings", "device", "torch_threads", "render_fps_per_env", "render_fps_total", "clip_fps",
           "clip_gflop_per_frame", "clip_tflops_achieved", "device_peak_tflops", "clip_fraction_of_peak",
@@ -27,8 +38,57 @@ def test_benchmark_reports_every_figure(tiny_clip, tmp_path, script):
     assert FIELDS <= set(figures), FIELDS - set(figures)
     assert set(figures["phase_share"]) == {"simulation", "rendering", "clip", "updates"}
     assert figures["clip_gflop_per_frame"] > 0 and figures["end_to_end_sps"] > 0
+    assert figures["updates_per_second"] > 0  # the short run reaches training phases (at the script's ratio)
     assert set(figures["fidelity"]) >= {"fp32", "bf16"}
-    row = figures["fidelity"]["bf16"]
-    assert {"cosine_min", "cosine_mean", "max_reward_error", "reward_spread", "error_over_spread", "spearman",
-            "faithful"} <= set(row)
+    for row in figures["fidelity"].values():
+        assert {"cosine_min", "cosine_mean", "max_reward_error", "reward_spread", "error_over_spread", "spearman",
+                "faithful", "seconds_per_frame", "frames_per_second"} <= set(row)
+        assert row["frames_per_second"] > 0
     assert figures["fidelity"]["fp32"]["max_reward_error"] == 0.0
+    # bf16 autocast must change the arithmetic: an error of exactly 0 means autocast silently did nothing.
+    assert figures["fidelity"]["bf16"]["max_reward_error"] > 0.0
+    assert figures["fidelity"]["bf16"]["cosine_min"] < 1.0
+
+
+def test_fidelity_restores_precision_and_lets_out_of_memory_through(tiny_clip, monkeypatch):
+    name, _, model = tiny_clip
+    reward_model = throughput.load_script("cartpole").CLIPReward(
+        model, open_clip.get_tokenizer(name), ("pole upright",), ("pole",), 0.5, chunk_size=3, precision="fp16")
+    frames = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    figures = throughput.measure_fidelity(reward_model, frames, torch.device("cpu"))
+    assert reward_model.precision == "fp16"
+    assert figures["fp32"]["max_reward_error"] == 0.0 and figures["fp32"]["spearman"] == 1.0
+
+    embed = reward_model.embed_images
+
+    def failing(kind):
+        def embed_images(x):
+            if reward_model.precision == "bf16":
+                raise kind
+            return embed(x)
+        return embed_images
+
+    # No kernel for a dtype: that precision is left out.
+    no_kernel = RuntimeError('"addmm_impl_cpu_" not implemented for \'BFloat16\'')
+    monkeypatch.setattr(reward_model, "embed_images", failing(no_kernel))
+    assert set(throughput.measure_fidelity(reward_model, frames, torch.device("cpu"))) == {"fp32", "fp16"}
+    # Out of memory (or any other error) is not a missing kernel: it stops the benchmark.
+    for error in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), RuntimeError("boom")):
+        monkeypatch.setattr(reward_model, "embed_images", failing(error))
+        with pytest.raises(type(error)):
+            throughput.measure_fidelity(reward_model, frames, torch.device("cpu"))
+        assert reward_model.precision == "fp16"
+
+
+def test_clip_memory_grows_with_the_chunk(tiny_clip):
+    name, _, _ = tiny_clip
+    settings = dict(clip_model=name, layers=(1,), chunks=(1, 4), precisions=("fp32",), context_gib=0.0)
+    figures = clip_memory.main(clip_memory.Args(gpu_gib=0.05, **settings))
+    peaks = figures["measured"]["fp32"]["1"]["peaks"]
+    assert peaks["4"] > peaks["1"] > 0
+    row = figures["measured"]["fp32"]["1"]
+    assert 0.5 < row["per_frame_bytes"] / row["hand_estimate_per_frame_bytes"] < 1.5
+    assert figures["weights_bytes_fp32"] == 4 * figures["full_model_parameters"] > 0
+    large = clip_memory.main(clip_memory.Args(gpu_gib=1.0, **settings))
+    assert 0 < figures["max_chunk_fp16"] < large["max_chunk_fp16"]
+    assert 0 < figures["max_chunk_fp32"] < large["max_chunk_fp32"]
