@@ -105,16 +105,22 @@ def test_help_shows_every_flag_and_default(script, monkeypatch):
         assert f"(default: {shown})" in help_text or f"(default: {shown!r})" in help_text, (flag, shown)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_real_size_architecture_from_a_local_checkpoint(tmp_path, script):
-    """ViT-B-32 with random weights saved by the test, through the command line."""
+@pytest.fixture(scope="module")
+def vit_b_32_checkpoint(tmp_path_factory):
+    """ViT-B-32 with random weights, saved by the test session (nothing is downloaded)."""
     import open_clip
     import torch
 
-    checkpoint = tmp_path / "vit_b_32_random.pt"
+    checkpoint = tmp_path_factory.mktemp("vit_b_32") / "vit_b_32_random.pt"
     torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
-    result = run(script, "--clip-model", "ViT-B-32", "--clip-pretrained", str(checkpoint), "--alpha", "0.5",
-                 "--total-timesteps", "96", "--learning-starts", "48", "--train-frequency", "16",
+    return checkpoint
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_real_size_architecture_from_a_local_checkpoint(tmp_path, script, vit_b_32_checkpoint):
+    """A real-size architecture from a local checkpoint file, through the command line."""
+    result = run(script, "--clip-model", "ViT-B-32", "--clip-pretrained", str(vit_b_32_checkpoint), "--alpha", "0.5",
+                 "--total-timesteps", "56", "--learning-starts", "32", "--train-frequency", "8",
                  "--gradient-steps", "4", "--episode-length", "24", "--num-envs", "2", "--eval-episodes", "1",
                  "--output-dir", str(tmp_path / "runs"), *EXTRA_FLAGS[script], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
