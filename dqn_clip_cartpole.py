@@ -52,7 +52,7 @@ class Args:
     capture_video: bool = False
     """if toggled, a greedy evaluation episode is saved as a GIF with the CLIP reward drawn on it"""
     video_interval: int = 100_000
-    """environment steps between two evaluation videos (with `--capture-video`)"""
+    """transitions between two evaluation videos (with `--capture-video`)"""
     save_model: bool = False
     """if toggled, the Q-network weights are saved to `<run>/<exp name>.cleanrl_model`"""
 
@@ -70,11 +70,11 @@ class Args:
     clip_pretrained: str = "laion2b_s39b_b160k"
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU, as the authors ran, fp32 on a CPU"""
-    clip_batch_size: int = 1600
-    """frames queued before CLIP scores them together (a training phase also scores whatever is queued)"""
+    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
+    clip_batch_size: int = 400
+    """frames queued before CLIP scores them together, in the background while the envs step (a training phase also scores whatever is queued)"""
     clip_chunk_size: int = 256
-    """most frames per CLIP forward pass (bounds GPU memory: ~7 GB of activations for ViT-bigG-14 in fp16; README, "Speed")"""
+    """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
     landscape_points: int = 41
     """pole angles in the reward-landscape sweep made before training"""
 
@@ -182,9 +182,10 @@ class CLIPCartPoleEnv(CartPoleEnv):
             self.length * (4.0 / 3.0 - self.masspole * cos**2 / self.total_mass))
         x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
         wall = np.sign(x) if abs(x) >= self.x_threshold else 0.0  # +1 / -1 while at the right / left wall
-        if x_acc * wall > 0:
-            # Pushed into the wall: the wall holds the cart, and the pole swings about a fixed pivot
-            # (a uniform rod of half-length l: θ'' = 3 g sin θ / 4l). Pushed away, the cart drives off.
+        if x_acc * wall > 0 and x_dot * wall >= 0:
+            # At rest against the wall and pushed into it: the wall holds the cart, and the pole swings
+            # about a fixed pivot (a uniform rod of half-length l: θ'' = 3 g sin θ / 4l). Pushed away,
+            # or already moving away, the cart follows gymnasium's free equations.
             x_acc, theta_acc = 0.0, 3.0 * self.gravity * sin / (4.0 * self.length)
         x, x_dot = x + self.tau * x_dot, x_dot + self.tau * x_acc
         theta, theta_dot = theta + self.tau * theta_dot, theta_dot + self.tau * theta_acc
@@ -441,8 +442,7 @@ class ReplayBuffer:
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
-        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored: a
-        # transition sampled before its reward has arrived would make the losses NaN, not silently 0
+        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored (see add)
         self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
 
     def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
@@ -450,6 +450,7 @@ class ReplayBuffer:
         slots = (self.pos + np.arange(len(obs))) % self.size
         self.obs[slots], self.next_obs[slots] = obs, next_obs
         self.actions[slots], self.terminations[slots] = actions, terminations
+        self.rewards[slots] = np.nan  # until scored: a transition sampled too early makes the losses NaN, not stale
         self.full = self.full or self.pos + len(obs) >= self.size
         self.pos = (self.pos + len(obs)) % self.size
         return slots
@@ -732,6 +733,8 @@ def save_video(frames, clip_rewards, path: str):
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
     check_ranges(args, RANGES)
+    if args.end_e > args.start_e:
+        fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from start-e to end-e.")
     check_reward_args(args, loads_weights=reward_model is None)
     run_name = f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
@@ -781,7 +784,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     while global_step < args.total_timesteps:
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
                                   global_step)
-        if random.random() < epsilon:
+        if global_step < args.learning_starts or random.random() < epsilon:  # random until learning starts (SB3)
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
@@ -793,9 +796,11 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
                 collect_rewards()
 
-        # Training phases: gradient-steps per train-frequency transitions after learning starts, counted
-        # in transitions so that the updates per transition do not depend on --num-envs.
-        updates_owed = args.gradient_steps * max(global_step - args.learning_starts, 0) // args.train_frequency
+        # Training phases: gradient-steps updates each time the step count passes a multiple of train-frequency
+        # after learning starts (as SB3's rollouts end), counted in transitions so that the updates per
+        # transition do not depend on --num-envs.
+        updates_owed = args.gradient_steps * max(global_step // args.train_frequency
+                                                 - args.learning_starts // args.train_frequency, 0)
         if updates_owed - updates_done >= args.gradient_steps:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
@@ -809,7 +814,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
             print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4f}, success (last 10 episodes) {recent}")
 
-        # Target network: a Polyak step every `target-network-frequency` transitions (SB3 counts them the same way).
+        # Target network: a Polyak step every `target-network-frequency` transitions. (SB3 makes at most one per
+        # vector step, every max(interval // num_envs, 1) of them: the same as here with up to 8 envs.)
         while target_updates_done < global_step // args.target_network_frequency:
             polyak_update(q_network, target_network, args.tau)
             target_updates_done += 1

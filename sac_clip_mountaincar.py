@@ -56,7 +56,7 @@ class Args:
     capture_video: bool = False
     """if toggled, a deterministic evaluation episode is saved as a GIF with the CLIP reward drawn on it"""
     video_interval: int = 100_000
-    """environment steps between two evaluation videos (with `--capture-video`)"""
+    """transitions between two evaluation videos (with `--capture-video`)"""
     save_model: bool = False
     """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
 
@@ -74,11 +74,11 @@ class Args:
     clip_pretrained: str = "laion2b_s39b_b160k"
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU, as the authors ran, fp32 on a CPU"""
+    """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
     clip_batch_size: int = 256
-    """frames queued before CLIP scores them together (a training phase also scores whatever is queued)"""
+    """frames queued before CLIP scores them together, in the background while the envs step (a training phase, every 32 steps by default, also scores whatever is queued)"""
     clip_chunk_size: int = 256
-    """most frames per CLIP forward pass (bounds GPU memory: ~7 GB of activations for ViT-bigG-14 in fp16; README, "Speed")"""
+    """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
     landscape_points: int = 41
     """car positions in the reward-landscape sweep made before training"""
 
@@ -131,7 +131,7 @@ class Args:
 RANGES = dict(num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)", learning_rate="(0, inf)",
               buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)", learning_starts="[0, inf)",
               train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)", ent_coef="[0, inf)",
-              sde_sample_freq="[1, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
+              sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
               clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
 
 
@@ -480,8 +480,7 @@ class ReplayBuffer:
         self.obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
-        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored: a
-        # transition sampled before its reward has arrived would make the losses NaN, not silently 0
+        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored (see add)
         self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
 
     def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
@@ -489,6 +488,7 @@ class ReplayBuffer:
         slots = (self.pos + np.arange(len(obs))) % self.size
         self.obs[slots], self.next_obs[slots] = obs, next_obs
         self.actions[slots], self.terminations[slots] = actions, terminations
+        self.rewards[slots] = np.nan  # until scored: a transition sampled too early makes the losses NaN, not stale
         self.full = self.full or self.pos + len(obs) >= self.size
         self.pos = (self.pos + len(obs)) % self.size
         return slots
@@ -730,7 +730,8 @@ class Actor(nn.Module):
         """Returns (action, log π(action | obs)), the action sampled.
 
         `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
-        draws a fresh one shared by the whole batch (one per gradient step, as SB3 does).
+        draws a fresh one shared by the whole batch (in a gradient step, the target's and the actor's
+        actions each draw one; SB3 draws one per gradient step and shares it).
         """
         features = self.trunk(obs)
         mean = self.mean(features)
@@ -754,9 +755,10 @@ class Actor(nn.Module):
 
 
 class SoftActorCritic:
-    """SAC (Haarnoja et al., 2018) as SB3 runs it, the library of the paper's code: every gradient
-    step updates both critics, then the actor, then the entropy coefficient (with `--autotune`),
-    then moves the target critics towards the critics by `tau`."""
+    """SAC (Haarnoja et al., 2018) with SB3's settings, the library of the paper's code: every gradient
+    step updates both critics, then the actor, then the entropy coefficient (with `--autotune`), then
+    moves the target critics towards the critics by `tau`. (SB3 updates the coefficient first, from the
+    same sampled actions; the order shifts it by one gradient step.)"""
 
     def __init__(self, observation_space, action_space, args, device):
         action_dim = int(np.prod(action_space.shape))
@@ -965,9 +967,11 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
                 collect_rewards()
 
-        # Training phases: gradient-steps per train-frequency transitions after learning starts, counted
-        # in transitions so that the updates per transition do not depend on --num-envs.
-        updates_owed = args.gradient_steps * max(global_step - args.learning_starts, 0) // args.train_frequency
+        # Training phases: gradient-steps updates each time the step count passes a multiple of train-frequency
+        # after learning starts (as SB3's rollouts end), counted in transitions so that the updates per
+        # transition do not depend on --num-envs.
+        updates_owed = args.gradient_steps * max(global_step // args.train_frequency
+                                                 - args.learning_starts // args.train_frequency, 0)
         if updates_owed - updates_done >= args.gradient_steps:
             collect_rewards()  # every stored transition has its reward before sampling
             start = time.perf_counter()
