@@ -97,13 +97,19 @@ def gt_args(module, tmp_path, **overrides):
 
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_dqn_target_network_follows_its_schedule(tmp_path, monkeypatch, num_envs):
-    """A Polyak step every `target-network-frequency` transitions, however many envs step at once."""
-    calls = []
-    polyak_update = cartpole.polyak_update
-    monkeypatch.setattr(cartpole, "polyak_update", lambda *a: calls.append(a[2]) or polyak_update(*a))
+    """A Polyak step every `target-network-frequency` transitions, however many envs step at once, each
+    made as soon as the step count passes a multiple of it."""
+    steps_taken, calls = [0], []
+    step_envs, polyak_update = cartpole.step_envs, cartpole.polyak_update
+    monkeypatch.setattr(cartpole, "step_envs", lambda *a, **k: steps_taken.append(steps_taken[-1] + num_envs)
+                        or step_envs(*a, **k))
+    monkeypatch.setattr(cartpole, "polyak_update", lambda *a: calls.append((steps_taken[-1], a[2])) or polyak_update(*a))
     result = cartpole.main(gt_args(cartpole, tmp_path, num_envs=num_envs, total_timesteps=240, learning_starts=120,
                                    train_frequency=60, gradient_steps=3, target_network_frequency=8, tau=0.3))
-    assert len(calls) == result["target_updates_done"] == result["global_step"] // 8 and set(calls) == {0.3}
+    assert len(calls) == result["target_updates_done"] == 240 // 8 and {tau for _, tau in calls} == {0.3}
+    # The k-th update comes at the first step count >= 8 k: with 3 envs, e.g. two at step 48 (passing 40 and 48).
+    expected = [next(step for step in steps_taken if step >= 8 * k) for k in range(1, 31)]
+    assert [step for step, _ in calls] == expected
 
 
 @pytest.mark.parametrize("module, flags, updates_per_transition", [
@@ -125,6 +131,25 @@ def test_updates_per_transition_are_the_papers_for_any_num_envs(tmp_path, module
     assert result["gradient_steps_done"] == total * updates_per_transition
 
 
+def test_training_phases_come_when_sb3s_would(tmp_path):
+    """SB3 trains when a rollout of train-frequency steps ends after learning starts: here at every multiple
+    of train-frequency past learning-starts (300, 400, 500), each with gradient-steps updates."""
+    result = cartpole.main(gt_args(cartpole, tmp_path, num_envs=4, total_timesteps=560, learning_starts=250,
+                                   train_frequency=100, gradient_steps=7))
+    assert [step for step, _ in read_scalars(result["run_dir"])["losses/td_loss"]] == [300, 400, 500]
+    assert result["gradient_steps_done"] == 21
+
+
+def test_every_numeric_flag_has_a_range():
+    """A new numeric flag without an entry in RANGES would go unchecked."""
+    import dataclasses
+
+    for module in (cartpole, mountaincar, humanoid):
+        numeric = {field.name for field in dataclasses.fields(module.Args)
+                   if field.type in (int, float, "int", "float") and field.name != "seed"}
+        assert numeric - {"alpha"} == set(module.RANGES), (module.__name__, numeric ^ set(module.RANGES))
+
+
 def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path, monkeypatch):
     """Rewards arrive from CLIP later than their transitions; no training phase may sample before they do
     (an unscored reward is NaN in the buffer)."""
@@ -139,9 +164,10 @@ def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path,
     monkeypatch.setattr(cartpole.ReplayBuffer, "sample", checked_sample)
     args = cartpole.Args(clip_model="unused", total_timesteps=300, learning_starts=100, train_frequency=50,
                          gradient_steps=2, episode_length=40, num_envs=2, eval_episodes=0, landscape_points=5,
-                         clip_batch_size=10_000, output_dir=str(tmp_path))  # the queue never fills by itself
-    cartpole.main(args, reward_model=pole_tilt_reward)
-    assert len(sampled) == 8 and all(sampled)
+                         clip_batch_size=10_000, buffer_size=120,  # the queue never fills by itself; the ring wraps
+                         output_dir=str(tmp_path))
+    result = cartpole.main(args, reward_model=pole_tilt_reward)
+    assert len(sampled) == 8 and all(sampled) and result["replay_buffer"].full
 
 
 def test_ring_buffer_wraps_with_rewards_still_pending(pole_tilt_reward):
@@ -186,3 +212,8 @@ def test_same_seed_same_run_with_or_without_evaluations_on_the_way(tmp_path, mod
                                   **flags))
     assert curves(plain) == curves(watched)
     assert len(curves(plain)["losses/td_loss"]) >= 3 and len(curves(plain)["charts/episodic_return"]) >= 4
+
+
+def test_epsilon_must_decay(tmp_path):
+    with pytest.raises(SystemExit, match="--end-e"):
+        cartpole.main(gt_args(cartpole, tmp_path, start_e=0.1, end_e=0.5))
