@@ -89,7 +89,7 @@ class Args:
     # is in transitions (summed over envs), so the updates per transition are the paper's for any --num-envs.
     total_timesteps: int = 3_000_000
     """total environment steps (transitions, summed over all envs)"""
-    learning_rate: float = 5e-4
+    learning_rate: float = 2.5e-4
     """the learning rate of the optimizer (paper: 2.3e-3, which learned and then lost the task here; README)"""
     buffer_size: int = 1_000_000
     """the replay memory buffer size (SB3's default)"""
