@@ -91,14 +91,14 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
 
-    The script's defaults (the paper's DQN at its 1/8 updates per transition, lr 2.5e-4), learning from
-    step 1,000 instead of 75,000. With the ground-truth reward the same settings reach 9 of the last 10
-    episodes upright by 17.6k steps on seeds 1-3 (README, "Where the defaults differ from the paper").
+    The paper's DQN at its 1/8 updates per transition, learning from step 1,000 instead of 75,000, with
+    lr 5e-4: it learns sooner than the default 2.5e-4, which holds on longer runs but at 30k steps
+    reached greedy success 1.0 on seed 1 and 0.1 on seed 2 (5e-4: 1.0 and 0.9).
     """
-    args = cartpole.Args(clip_model="unused", total_timesteps=30_000, learning_starts=1_000, eval_episodes=10,
-                         landscape_points=9, output_dir=str(tmp_path), seed=1)
+    args = cartpole.Args(clip_model="unused", total_timesteps=30_000, learning_starts=1_000, learning_rate=5e-4,
+                         eval_episodes=10, landscape_points=9, output_dir=str(tmp_path), seed=1)
     result = cartpole.main(args, reward_model=pole_tilt_reward)
-    assert result["gradient_steps_done"] == 200 * (29_000 // 1600)  # the paper's ratio: 200 per 1,600 transitions
+    assert result["gradient_steps_done"] == 200 * 18  # phases at 1,600, 3,200, ..., 28,800: 200 per 1,600 transitions
     assert result["eval_success_rate"] >= 0.8, result
 
 
