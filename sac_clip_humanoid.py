@@ -7,13 +7,18 @@ robot, a camera in front of it), embedded by CLIP and compared with the embeddin
 ("a humanoid robot kneeling"), sharpened by a baseline sentence ("a humanoid robot") through
 goal-baseline projection with weight alpha.
 
-    python sac_clip_humanoid.py --prompt "a humanoid robot kneeling" --alpha 0.5
-    python sac_clip_humanoid.py --prompt "a humanoid robot seated down, meditating in the lotus position"
+    python sac_clip_humanoid.py --task kneeling --alpha 0.5      # the paper's prompt for the task
+    python sac_clip_humanoid.py --task lotus-position
+    python sac_clip_humanoid.py --task kneeling --prompt "a robot on its knees"   # your prompt, judged as kneeling
+    python sac_clip_humanoid.py --task arms-raised --reward pose   # privileged baseline: trained on the pose detector
     python sac_clip_humanoid.py --no-textured --camera stock        # the paper's ablation: stock scene
     python sac_clip_humanoid.py --reward ground-truth --episode-length 1000   # the SAC half alone
 
+Success is the paper's: in the goal pose for at least half of the episode. The paper asked a person;
+here pose detectors (a few thresholds on body-part positions, one set per task) judge every step.
+
 Read top to bottom: the choice of a headless OpenGL backend, arguments, the environment (the
-paper's changes, a generated scene and camera), the CLIP reward, the replay buffer and the queue
+paper's changes, a generated scene and camera), the pose detectors, the CLIP reward, the replay buffer and the queue
 that batches frames through CLIP, SAC, evaluation with image strips, then the training loop.
 """
 
@@ -32,7 +37,7 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 
@@ -79,6 +84,11 @@ from gymnasium.envs.mujoco.humanoid_v5 import DEFAULT_CAMERA_CONFIG, HumanoidEnv
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 
+# The paper's eight humanoid tasks (its Table 1); TASKS, below the environment, gives each its prompt and pose detector.
+TaskName = Literal["kneeling", "lotus-position", "standing-up", "arms-raised", "doing-splits", "hands-on-hips",
+                   "arms-crossed", "standing-on-one-leg"]
+
+
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -99,10 +109,12 @@ class Args:
     """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
 
     # Reward
-    reward: Literal["clip", "ground-truth"] = "clip"
-    """`clip`: the CLIP reward; `ground-truth`: gymnasium's Humanoid reward, with its termination (no CLIP model is loaded)"""
-    prompt: tuple[str, ...] = ("a humanoid robot kneeling",)
-    """goal prompt(s); several are averaged into one goal embedding"""
+    task: TaskName = "kneeling"
+    """the paper's task: its goal prompt (unless `--prompt` is given) and the pose detector that judges success"""
+    reward: Literal["clip", "pose", "ground-truth"] = "clip"
+    """`clip`: the CLIP reward; `pose`: the task's pose detector, graded (a privileged baseline, no CLIP); `ground-truth`: gymnasium's Humanoid reward (walking), with its termination"""
+    prompt: Annotated[tuple[str, ...], tyro.conf.arg(help_behavior_hint="(default: the paper's prompt for --task)")] = ()
+    """goal prompt(s), averaged into one goal embedding"""
     baseline_prompt: tuple[str, ...] = ("a humanoid robot",)
     """baseline prompt(s) for goal-baseline projection; several are averaged"""
     alpha: float = 0.0
@@ -306,25 +318,171 @@ def scene_file(textured: bool, frame_size: tuple) -> str:
     return humanoid_xml(textured, frame_size, folder)
 
 
+# ---------------------------------------------------------------------------------------------
+# Ground truth: pose detectors for the paper's eight tasks
+# ---------------------------------------------------------------------------------------------
+# The paper's success measure was a person watching videos: "in the goal pose for at least half of
+# the episode". Here a few geometric features of the robot's body stand in for the person's eyes.
+# Heights are in metres above the floor (z = 0); the robot faces +x. For scale, standing upright
+# with its feet on the floor: head 1.48, pelvis 0.87, knees 0.42, feet (sphere centres) 0.075;
+# an episode starts 0.1 m higher, with the feet in the air, and the robot drops onto them.
+# The thresholds were set on poses built by hand and checked by eye, and on random-action rollouts:
+# benchmarks/pose_contact_sheet.py shows what each detector accepts and its nearest misses, and
+# tests/test_pose.py checks the hand-built poses.
+HIP_HALF_WIDTH = 0.16  # the outer side of the hips, from the pelvis's centre (its capsule: half-length 0.07 + radius 0.09)
+SUCCESS_FRACTION = 0.5  # the paper's criterion: in the pose for at least half of the episode's steps
+
+
+def pose_features(data) -> dict[str, float]:
+    """Features of the robot's pose from MuJoCo's `data` (positions after mj_forward / a step).
+
+    Points: the head, hands and feet are the centres of their spheres; a knee is the origin of its
+    shin body (the knee joint); the torso's axes are its rotation matrix's columns (x forward, y to
+    the robot's left, z up along the spine).
+    """
+    head = data.geom("head").xpos
+    hands = {side: data.geom(f"{side}_hand").xpos for side in ("right", "left")}
+    feet = [data.geom(f"{side}_foot").xpos for side in ("right", "left")]
+    knees = [data.body(f"{side}_shin").xpos for side in ("right", "left")]
+    pelvis, pelvis_axes = data.body("pelvis").xpos, data.body("pelvis").xmat.reshape(3, 3)
+    torso_position, torso_axes = data.body("torso").xpos, data.body("torso").xmat.reshape(3, 3)
+    hips = {"right": pelvis - HIP_HALF_WIDTH * pelvis_axes[:, 1], "left": pelvis + HIP_HALF_WIDTH * pelvis_axes[:, 1]}
+    # The direction the hips face, along the floor (none when the pelvis faces up or down: lying).
+    facing = pelvis_axes[:, 0] * np.array([1.0, 1.0, 0.0])
+    facing = facing / np.linalg.norm(facing) if np.linalg.norm(facing) > 0.1 else np.zeros(3)
+    lower_knee = int(knees[1][2] < knees[0][2])  # 0: the right knee, 1: the left
+    # How far each hand is to the robot's left of the spine, in the torso's frame (turning or leaning does not change it).
+    leftward = {side: float((hand - torso_position) @ torso_axes[:, 1]) for side, hand in hands.items()}
+    horizontal = lambda a, b: float(np.linalg.norm((a - b)[:2]))  # noqa: E731
+    return dict(
+        head_height=float(head[2]),
+        pelvis_height=float(pelvis[2]),
+        torso_upright=float(torso_axes[2, 2]),  # cosine of the spine's tilt: 1 upright, 0 lying, -1 upside down
+        knee_low=float(min(k[2] for k in knees)), knee_high=float(max(k[2] for k in knees)),
+        foot_low=float(min(f[2] for f in feet)), foot_high=float(max(f[2] for f in feet)),
+        feet_apart=horizontal(*feet),
+        knees_apart=horizontal(*knees),
+        # How far the foot of the lower knee's leg lies behind that knee, in the direction the hips face: ~0.4
+        # when the shin lies on the floor behind the knee (kneeling), negative when it points forward (sitting).
+        shin_back=float((knees[lower_knee] - feet[lower_knee]) @ facing),
+        feet_to_pelvis=max(horizontal(f, pelvis) for f in feet),  # the farther foot: small when the legs are folded in
+        low_hand_above_head=float(min(h[2] for h in hands.values()) - head[2]),
+        high_hand_above_head=float(max(h[2] for h in hands.values()) - head[2]),
+        hands_to_hips=max(float(np.linalg.norm(hands[side] - hips[side])) for side in hands),  # the farther hand
+        # Positive when each hand is past the spine on the other side (the right hand on the left, and the left
+        # hand on the right): the smaller of the two crossings, so both arms must cross.
+        hands_crossed=min(leftward["right"], -leftward["left"]),
+    )
+
+
+# Each condition: (feature, "<" or ">", threshold, margin). The margin is how far beyond the threshold
+# the graded score (pose_score) of the condition falls from 1 to 0; it is chosen to reach about the
+# value of a clearly wrong pose, so that the score still says "closer" there.
+# The robot's joint limits shape some poses: its hips cannot turn the shins flat onto the floor (no
+# true lotus: seated, upright, knees spread, feet drawn in is as close as it gets), its arms cross
+# only reaching forwards, and its elbows go back rather than out with the hands on the hips.
+STANDING = [
+    ("pelvis_height", ">", 0.7, 0.7),  # hips near standing height (0.87); kneeling upright 0.5, a squat ~0.5, sitting 0.15
+    ("torso_upright", ">", 0.8, 1.0),  # spine within ~37° of vertical: not bent over, not lying (0)
+]
+
+
+class Task(NamedTuple):
+    prompt: str  # the paper's goal prompt (Table 3); the baseline prompt is "a humanoid robot" for all
+    conditions: list  # (feature, "<" or ">", threshold, margin): all must hold for the pose
+
+
+TASKS = {
+    "kneeling": Task("a humanoid robot kneeling", [
+        ("knee_low", "<", 0.15, 0.4),  # a knee on the floor (its joint rests at ~0.05-0.11; standing 0.42)
+        ("shin_back", ">", 0.2, 0.6),  # that knee's shin goes back from it, as when kneeling (0.3-0.4), not forward as when sitting
+        ("torso_upright", ">", 0.7, 1.0),  # spine within ~45° of vertical: not on all fours, not lying
+    ]),
+    "lotus-position": Task("a humanoid robot seated down, meditating in the lotus position", [
+        ("pelvis_height", "<", 0.18, 0.7),  # seated on the floor (0.11-0.15); squatting on the toes 0.22, on the heels 0.25
+        ("torso_upright", ">", 0.7, 1.0),  # sitting up, not lying back
+        ("knee_high", "<", 0.4, 0.4),  # both knees down at the sides (~0.3), not drawn up to the chest (~0.5)
+        ("knees_apart", ">", 0.4, 0.3),  # knees spread out, as in the lotus (together: 0.2)
+        ("feet_to_pelvis", "<", 0.45, 0.4),  # legs folded in, not stretched out in front (~0.75 straight)
+        ("shin_back", "<", 0.2, 0.3),  # shins folded in front or beside, not back under the body (kneeling: > 0.2)
+    ]),
+    "standing-up": Task("a humanoid robot standing up", STANDING),
+    "arms-raised": Task("a humanoid robot standing up, with both arms raised", STANDING + [
+        ("low_hand_above_head", ">", 0.1, 0.5),  # both hands above the top of the head (head radius 0.09; at rest -0.13)
+    ]),
+    "doing-splits": Task("a humanoid robot practicing gymnastics, doing the side splits", [
+        ("feet_apart", ">", 1.2, 1.0),  # legs spread wide (standing 0.18; each leg is 0.85 long from the hip)
+        ("pelvis_height", "<", 0.5, 0.4),  # hips dropped towards the floor (a wide stance with high hips is a straddle)
+        ("foot_high", "<", 0.5, 0.5),  # both feet low (a split tilted a little still counts), not a leg kicked up high
+        ("torso_upright", ">", 0.5, 1.0),  # trunk up, not lying on the back with the legs spread
+    ]),
+    "hands-on-hips": Task("a humanoid robot standing up with hands on hips", STANDING + [
+        ("hands_to_hips", "<", 0.15, 0.5),  # each hand at the outer side of its hip (~0.1 there; 0.6 at rest)
+    ]),
+    "arms-crossed": Task("a humanoid robot standing up, with its arms crossed", STANDING + [
+        # Each hand past the spine by more than its radius (0.04), so the forearms visibly cross (most they reach: 0.15).
+        ("hands_crossed", ">", 0.04, 0.3),
+        ("high_hand_above_head", "<", 0.0, 0.4),  # both hands below the head's centre: crossed in front, not overhead
+    ]),
+    "standing-on-one-leg": Task("a humanoid robot standing up on one leg", STANDING + [
+        ("foot_low", "<", 0.15, 0.3),  # one foot on the floor (centre 0.075 when resting on it)
+        ("foot_high", ">", 0.3, 0.3),  # the other lifted: its centre 0.3 m up, higher than a walking step
+    ]),
+}
+
+
+def condition_violation(features: dict, condition) -> float:
+    """How far a feature is on the wrong side of its threshold (0 when the condition holds)."""
+    feature, op, threshold, _ = condition
+    value = features[feature]
+    return max(threshold - value, 0.0) if op == ">" else max(value - threshold, 0.0)
+
+
+def in_pose(features: dict, task: str) -> bool:
+    """The detector: every condition of the task holds."""
+    return all(condition_violation(features, c) == 0.0 for c in TASKS[task].conditions)
+
+
+def pose_score(features: dict, task: str) -> float:
+    """A graded detector in [0, 1]: the mean over the task's conditions of clip(1 - violation / margin, 0, 1).
+
+    It is 1 exactly when in the pose and falls as the pose is left; `--reward pose` trains on it.
+    """
+    conditions = TASKS[task].conditions
+    return float(np.mean([np.clip(1.0 - condition_violation(features, c) / c[3], 0.0, 1.0) for c in conditions]))
+
+
 class CLIPHumanoidEnv(HumanoidEnv):
     """gymnasium's Humanoid-v5 with the paper's changes, rendered at CLIP's input size.
 
     - With the CLIP reward (`terminate=False`) falling does not end the episode; episodes end only
       by the time limit. `terminate=True` keeps gymnasium's termination (ground-truth runs).
-    - The environment's reward is gymnasium's (forward progress + staying healthy - control cost);
-      the CLIP reward replaces it in training.
+    - With a `task` (CLIP and pose runs), the environment's reward is the ground truth of the task:
+      1.0 while the robot is in the pose, else 0.0 (as CartPole's is 1 while the pole is upright), so
+      an episode's return counts its steps in the pose. `info` carries `in_pose` and `pose_score`
+      (the graded detector, the reward of `--reward pose` runs). Without a task the reward is
+      gymnasium's (forward progress + staying healthy - control cost: `--reward ground-truth`).
     - `textured`: sky, stone floor and a light brushed-metal robot, generated here; `camera="paper"`:
       fixed in the world in front of the robot. The model is written to a temporary folder.
     - Observations are gymnasium's (float64), passed on as float32.
     """
 
     def __init__(self, frame_size=(224, 224), textured: bool = True, camera: str = "paper",
-                 terminate: bool = False):
+                 terminate: bool = False, task: str | None = None):
         height, width = frame_size
         super().__init__(xml_file=scene_file(textured, tuple(frame_size)), render_mode="rgb_array", width=width,
                          height=height,
                          default_camera_config=PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG,
                          terminate_when_unhealthy=terminate)
+        self.task = task
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.task is not None:  # judge the state the step reached
+            features = pose_features(self.data)
+            info = {**info, "in_pose": in_pose(features, self.task), "pose_score": pose_score(features, self.task)}
+            reward = float(info["in_pose"])
+        return obs, reward, terminated, truncated, info
 
     def render(self):
         require_gl()
@@ -357,12 +515,13 @@ class FrameInInfo(gym.Wrapper):
 
 
 def make_env(episode_length: int, frame_size=None, textured: bool = True, camera: str = "paper",
-             terminate: bool = False):
-    """A thunk for the vector env. `frame_size=None`: no frames are rendered (ground-truth reward)."""
+             terminate: bool = False, task: str | None = None):
+    """A thunk for the vector env. `frame_size=None`: no frames are rendered (pose and ground-truth rewards);
+    `task`: the reward is 1 in that task's pose, else 0 (see CLIPHumanoidEnv)."""
 
     def thunk():
         env = CLIPHumanoidEnv(frame_size=frame_size or (224, 224), textured=textured, camera=camera,
-                              terminate=terminate)
+                              terminate=terminate, task=task)
         env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
         float32_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
         env = gym.wrappers.TransformObservation(env, lambda obs: obs.astype(np.float32), float32_space)
@@ -895,31 +1054,38 @@ def save_video(frames, clip_rewards, path: str):
 # Evaluation: deterministic episodes, image strips of what the policy does
 # ---------------------------------------------------------------------------------------------
 def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed: int):
-    """Deterministic episodes (mean action). Returns per-episode returns, CLIP rewards and frames."""
-    env = make_env(args.episode_length, frame_size, args.textured, args.camera, args.reward == "ground-truth")()
+    """Deterministic episodes (mean action). Returns per-episode returns, CLIP rewards, frames and, where the
+    task's detector judges the run (CLIP and pose runs), the steps in the pose and the episode's success."""
+    task = args.task if args.reward != "ground-truth" else None
+    env = make_env(args.episode_length, frame_size, args.textured, args.camera, args.reward == "ground-truth", task)()
     results = []
     for episode in range(episodes):
         obs, info = env.reset(seed=seed + episode)
-        frames, true_return, done = [], 0.0, False
+        frames, in_pose_flags, true_return, done = [], [], 0.0, False
         while not done:
             with torch.no_grad():
                 action = actor.mean_action(torch.as_tensor(obs, device=device, dtype=torch.float32)[None])[0].cpu().numpy()
             obs, reward, terminated, truncated, info = env.step(action)
             true_return += reward
+            in_pose_flags.append(info.get("in_pose", False))
             if frame_size is not None:
                 frames.append(info["frame"])
             done = terminated or truncated
         clip_rewards = reward_model(np.stack(frames)) if reward_model is not None else None
-        results.append(dict(true_return=true_return, length=len(frames) or args.episode_length,
+        pose_fraction = float(np.mean(in_pose_flags)) if task is not None else np.nan
+        results.append(dict(true_return=true_return, length=len(in_pose_flags),
+                            pose_fraction=pose_fraction,
+                            success=float(pose_fraction >= SUCCESS_FRACTION) if task is not None else np.nan,
                             clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
                             last_frame_clip_reward=float(clip_rewards[-1]) if clip_rewards is not None else np.nan,
-                            frames=frames, clip_rewards=clip_rewards))
+                            frames=frames, clip_rewards=clip_rewards, in_pose=in_pose_flags if task is not None else None))
     env.close()
     return results
 
 
-def image_strip(frames, clip_rewards, count: int = 8) -> np.ndarray:
-    """`count` evenly spaced frames of an episode side by side, each with its step and CLIP reward."""
+def image_strip(frames, clip_rewards, in_pose=None, count: int = 8) -> np.ndarray:
+    """`count` evenly spaced frames of an episode side by side, each with its step, CLIP reward and,
+    with the task's detector, "in pose" where it says so."""
     from PIL import Image, ImageDraw
 
     picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
@@ -927,6 +1093,7 @@ def image_strip(frames, clip_rewards, count: int = 8) -> np.ndarray:
     for t in picks:
         tile = Image.fromarray(frames[t])
         text = f"t={t}" + (f" r={clip_rewards[t]:.3f}" if clip_rewards is not None else "")
+        text += " in pose" if in_pose is not None and in_pose[t] else ""
         ImageDraw.Draw(tile).text((4, 4), text, fill=(255, 255, 255))
         tiles.append(np.asarray(tile))
     return np.concatenate(tiles, axis=1)
@@ -935,11 +1102,53 @@ def image_strip(frames, clip_rewards, count: int = 8) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+class PoseEpisodeStats(EpisodeStats):
+    """The shared episode statistics for runs the task's detector judges, plus `charts/pose_fraction`.
+
+    The environment's reward (the ground truth these statistics see) is 1 per step in the pose, so the
+    shared block's ground-truth return is the number of steps in the pose, `charts/episodic_return`,
+    and success is the paper's criterion on it: in the pose for at least half of the episode.
+    """
+
+    def __init__(self, num_envs: int, episode_length: int, writer: SummaryWriter):
+        super().__init__(num_envs, lambda steps_in_pose: steps_in_pose >= SUCCESS_FRACTION * episode_length, writer)
+        self.episode_length = episode_length
+        self.steps_in_pose = np.zeros(num_envs)
+
+    def add(self, entries, global_step: int):
+        super().add(entries, global_step)
+        for env_id, in_pose_flag, _, episode_end in entries:
+            self.steps_in_pose[env_id] += in_pose_flag
+            if episode_end:
+                self.writer.add_scalar("charts/pose_fraction", self.steps_in_pose[env_id] / self.episode_length,
+                                       global_step)
+                self.steps_in_pose[env_id] = 0.0
+
+
+class LastStepInfos(gym.vector.VectorWrapper):
+    """Keeps the infos of the vector env's last step in `.infos` (step_envs returns only observations)."""
+
+    def step(self, actions):
+        *transition, self.infos = self.env.step(actions)
+        return (*transition, self.infos)
+
+
+def goal_prompts(args) -> tuple[str, ...]:
+    """The goal prompt(s): `--prompt` where given, else the paper's prompt for `--task`."""
+    return args.prompt or (TASKS[args.task].prompt,)
+
+
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
     check_ranges(args, RANGES)
-    check_reward_args(args, loads_weights=reward_model is None)
+    args.prompt = goal_prompts(args)
     uses_clip = args.reward == "clip"
+    judged = args.reward != "ground-truth"  # the task's pose detector judges every step (CLIP and pose runs)
+    check_reward_args(args, loads_weights=uses_clip and reward_model is None)
+    other_task = [name for name, task in TASKS.items() if args.prompt == (task.prompt,) and name != args.task]
+    if uses_clip and other_task:
+        print(f"note: --prompt is the paper's prompt for --task {other_task[0]}, but the {args.task} detector "
+              f"judges success; add --task {other_task[0]} to judge it as that task.")
     if uses_clip:
         require_gl()
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -956,29 +1165,39 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if uses_clip else None
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=not uses_clip)
+    envs = LastStepInfos(gym.vector.SyncVectorEnv(
+        [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=args.reward == "ground-truth",
+                  task=args.task if judged else None)
          for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED))
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     agent = SoftActorCritic(observation_space, action_space, args, device)
     actor = agent.actor  # acts in the envs; agent.update trains it
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
-    queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, None, writer)  # no success criterion
+    queue = RewardQueue(reward_model, rb)
+    # Walking (ground-truth runs) has no success criterion; the pose tasks have the paper's.
+    stats = PoseEpisodeStats(args.num_envs, args.episode_length, writer) if judged else EpisodeStats(
+        args.num_envs, None, writer)
     timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
     start_time, global_step, updates_done, next_eval = time.time(), 0, 0, 0
     losses = {}
+    pose_rewards = []  # pose runs: (replay slots, pose scores) of the steps since the rewards were last collected
 
     def collect_rewards():
         stats.add(queue.collect(), global_step)
         timings["clip"] = queue.clip_seconds
+        # Pose runs: the queue stored the environment's reward, the in-pose flag (the ground truth the statistics
+        # need); the baseline trains on the graded pose score of the same states, written over the flags here.
+        for slots, scores in pose_rewards:
+            rb.rewards[slots] = scores
+        pose_rewards.clear()
 
     def evaluate_and_show(episodes: int, seed: int):
         """Deterministic episodes; the first one is saved as an image strip (and a GIF with --capture-video)."""
         if GL_BACKEND is None or episodes == 0:  # a ground-truth run without OpenGL: figures only
             return evaluate(actor, reward_model, args, device, episodes, None, seed)
         results = evaluate(actor, reward_model, args, device, episodes, frame_size or (224, 224), seed)
-        strip = image_strip(results[0]["frames"], results[0]["clip_rewards"])
+        strip = image_strip(results[0]["frames"], results[0]["clip_rewards"], results[0]["in_pose"])
         writer.add_image("eval/episode_strip", strip, global_step, dataformats="HWC")
         os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
         from PIL import Image
@@ -1001,7 +1220,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
             with torch.no_grad():
                 actions = actor(torch.as_tensor(obs, device=device, dtype=torch.float32), exploration)[0].cpu().numpy()
-        obs = step_envs(envs, obs, actions, rb, queue, timings, ground_truth=not uses_clip)
+        obs = step_envs(envs, obs, actions, rb, queue, timings)
+        if args.reward == "pose":  # the slots step_envs has just filled, and the scores of the states they reached
+            pose_rewards.append(((rb.pos - args.num_envs + np.arange(args.num_envs)) % rb.size,
+                                 envs.infos["pose_score"]))
         global_step += args.num_envs
         if len(queue) >= args.clip_batch_size:
             queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
@@ -1021,7 +1243,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             updates_done = updates_owed
             timings["updates"] += time.perf_counter() - start
             sps = log_training_phase(writer, losses, timings, global_step, start_time)
-            print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
+            recent = f", success (last 10 episodes) {np.mean(stats.successes):.2f}" if stats.successes else ""
+            print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}{recent}, "
                   + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in timings.items()))
 
         if global_step >= next_eval and global_step > args.learning_starts:
@@ -1034,6 +1257,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(
+        eval_success_rate=mean("success"), eval_pose_fraction=mean("pose_fraction"),
+        train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
         eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
         eval_last_frame_clip_reward=mean("last_frame_clip_reward"),
         **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir,
@@ -1041,18 +1266,24 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
+    if results and judged:
+        writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
+        writer.add_scalar("eval/pose_fraction", final["eval_pose_fraction"], global_step)
     if results and uses_clip:
         writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
         writer.add_scalar("eval/last_frame_clip_reward", final["eval_last_frame_clip_reward"], global_step)
-    elif results:
+    if results and not judged:
         writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
         torch.save(agent.state_dict(), model_path)
         final["model_path"] = model_path
         print(f"model saved to {model_path}")
-    print(f"eval: return {final['eval_episodic_return']:.1f}, CLIP return {final['eval_clip_return']:.4g}, "
-          f"last-frame CLIP reward {final['eval_last_frame_clip_reward']:.4g}")
+    success = (f"success rate {final['eval_success_rate']:.2f} (in the {args.task} pose for at least half of the "
+               f"episode), pose fraction {final['eval_pose_fraction']:.2f}, " if judged else "")
+    clip = (f", CLIP return {final['eval_clip_return']:.4g}, last-frame CLIP reward "
+            f"{final['eval_last_frame_clip_reward']:.4g}" if uses_clip else "")
+    print(f"eval: {success}return {final['eval_episodic_return']:.1f}{clip}")
     write_results(run_dir, final=final, args=args)
     writer.close()
     return final

@@ -1,0 +1,218 @@
+"""sac_clip_humanoid.py's ground truth: pose detectors for the paper's eight tasks, judged against poses
+built by hand (benchmarks/pose_contact_sheet.py's POSES, each named by what a person sees in it), the
+graded pose score, the in-pose reward and success statistics of CLIP and pose runs, and `--task`."""
+
+import importlib.util
+import json
+import os
+import typing
+
+import numpy as np
+import pytest
+import tyro
+
+from conftest import ROOT, humanoid, read_scalars
+
+spec = importlib.util.spec_from_file_location("pose_contact_sheet", os.path.join(ROOT, "benchmarks", "pose_contact_sheet.py"))
+contact_sheet = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(contact_sheet)
+POSES = contact_sheet.POSES
+
+needs_gl = pytest.mark.skipif(humanoid.GL_BACKEND is None, reason="no headless OpenGL (EGL or OSMesa)")
+
+# The paper's goal prompts (Table 3), typed here from DESIGN.md: `--task` must give exactly these.
+PAPER_PROMPTS = {
+    "kneeling": "a humanoid robot kneeling",
+    "lotus-position": "a humanoid robot seated down, meditating in the lotus position",
+    "standing-up": "a humanoid robot standing up",
+    "arms-raised": "a humanoid robot standing up, with both arms raised",
+    "doing-splits": "a humanoid robot practicing gymnastics, doing the side splits",
+    "hands-on-hips": "a humanoid robot standing up with hands on hips",
+    "arms-crossed": "a humanoid robot standing up, with its arms crossed",
+    "standing-on-one-leg": "a humanoid robot standing up on one leg",
+}
+
+
+@pytest.fixture(scope="module")
+def env():
+    return humanoid.CLIPHumanoidEnv(frame_size=(64, 64))  # simulation only: nothing is rendered here
+
+
+def features_of(env, joints, orientation=(1.0, 0.0, 0.0, 0.0)):
+    contact_sheet.set_pose(env, joints, orientation)
+    return humanoid.pose_features(env.data)
+
+
+@pytest.mark.parametrize("name", POSES)
+def test_hand_built_pose_is_judged_as_a_person_judges_it(env, name):
+    """Every detector says what a person says of the pose: e.g. arms raised is "arms raised" and "standing up",
+    and nothing else; lying on its back is none of the eight."""
+    pose = POSES[name]
+    features = features_of(env, pose.joints, pose.orientation)
+    assert abs(contact_sheet.lowest_point(env.model, env.data)) < 1e-9  # resting on the floor, not floating
+    judged = {task for task in humanoid.TASKS if humanoid.in_pose(features, task)}
+    assert judged == pose.person, {f: round(v, 3) for f, v in features.items()}
+
+
+def test_every_task_has_hand_built_poses_in_it_and_out_of_it():
+    """So that no detector passes the test above by always saying yes, or always no."""
+    for task in humanoid.TASKS:
+        assert any(task in pose.person for pose in POSES.values()), task
+        assert any(task not in pose.person for pose in POSES.values()), task
+
+
+def test_tasks_are_the_papers_eight_with_its_prompts():
+    assert set(humanoid.TASKS) == set(typing.get_args(humanoid.TaskName)) == set(PAPER_PROMPTS)
+    for name, prompt in PAPER_PROMPTS.items():
+        assert humanoid.TASKS[name].prompt == prompt
+        assert humanoid.goal_prompts(tyro.cli(humanoid.Args, args=["--task", name])) == (prompt,)
+    assert humanoid.goal_prompts(tyro.cli(humanoid.Args, args=[])) == (PAPER_PROMPTS["kneeling"],)  # the default task
+    # A prompt of the user's own is kept; --task then only names the detector that judges it.
+    args = tyro.cli(humanoid.Args, args=["--task", "arms-raised", "--prompt", "a robot cheering"])
+    assert humanoid.goal_prompts(args) == ("a robot cheering",) and args.task == "arms-raised"
+
+
+def test_unknown_task_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as stop:
+        tyro.cli(humanoid.Args, args=["--task", "dancing"])
+    assert stop.value.code != 0 and "dancing" in capsys.readouterr().err
+
+
+def test_pose_score_is_one_exactly_in_the_pose(env):
+    for pose in POSES.values():
+        features = features_of(env, pose.joints, pose.orientation)
+        for task in humanoid.TASKS:
+            score = humanoid.pose_score(features, task)
+            assert 0.0 <= score <= 1.0
+            assert (score == 1.0) == humanoid.in_pose(features, task), task
+
+
+def test_pose_score_falls_with_the_distance_past_a_threshold(env):
+    """Moving one feature past its threshold by a fraction f of its margin costs f / (number of conditions),
+    up to a whole condition's share once past the margin."""
+    features = features_of(env, POSES["kneeling upright"].joints)
+    conditions = humanoid.TASKS["kneeling"].conditions
+    feature, op, threshold, margin = conditions[0]
+    assert (feature, op) == ("knee_low", "<")
+    for fraction, expected in ((0.25, 1 - 0.25 / 3), (0.5, 1 - 0.5 / 3), (1.0, 1 - 1 / 3), (3.0, 1 - 1 / 3)):
+        moved = {**features, feature: threshold + fraction * margin}
+        assert humanoid.pose_score(moved, "kneeling") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("task, path", [
+    ("arms-raised", lambda f: contact_sheet.both_arms(-85 * f, 20 * f, -90 * f)),
+    ("kneeling", lambda f: contact_sheet.both_legs(knee=min(-90 * f, -2))),
+    ("doing-splits", lambda f: contact_sheet.both_legs(hip_x=-25 * f, hip_z=-60 * f, hip_y=-80 * f)),
+])
+def test_pose_score_rises_on_the_way_into_the_pose(env, task, path):
+    """From standing to the pose, joint angles moved in equal steps: the score never falls and ends at 1
+    (a reward that says "closer"), while the detector says yes only at the end."""
+    scores, flags = [], []
+    for fraction in np.linspace(0, 1, 6):
+        features = features_of(env, path(fraction))
+        scores.append(humanoid.pose_score(features, task))
+        flags.append(humanoid.in_pose(features, task))
+    assert np.all(np.diff(scores) >= 0) and scores[0] < 0.9 and scores[-1] == 1.0, scores
+    assert not flags[0] and flags[-1]
+
+
+def test_env_reward_is_the_in_pose_flag_of_the_state_reached():
+    """With a task, the environment's reward is 1 in the pose and 0 out of it, for the state each step reached:
+    left without torques, the robot stands at first, then collapses."""
+    env = humanoid.make_env(episode_length=100, task="standing-up")()
+    env.reset(seed=0)
+    rewards = []
+    for _ in range(100):
+        _, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        features = humanoid.pose_features(env.unwrapped.data)
+        assert reward == float(info["in_pose"]) == float(humanoid.in_pose(features, "standing-up"))
+        assert info["pose_score"] == humanoid.pose_score(features, "standing-up")
+        assert not terminated
+        rewards.append(reward)
+    assert rewards[:10] == [1.0] * 10 and rewards[-10:] == [0.0] * 10
+    # Without a task the reward is gymnasium's (walking: healthy reward + progress - costs), not a flag.
+    env = humanoid.make_env(episode_length=100)()
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    assert reward not in (0.0, 1.0) and "in_pose" not in info
+
+
+def episodes_by_step(scalars, tag):
+    """{step: sorted values} of a chart logged once per episode (several episodes can end at one step)."""
+    by_step = {}
+    for step, value in scalars[tag]:
+        by_step.setdefault(step, []).append(value)
+    return {step: sorted(values) for step, values in by_step.items()}
+
+
+def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
+    """`--reward pose`: every stored reward is the pose score of the state its transition reached (replaying the
+    stored actions in fresh environments with the same seeds gives them back), while the statistics count the
+    steps in the pose: the paper's success is at least half of an episode's steps in the pose."""
+    args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=50, total_timesteps=400,
+                         learning_starts=100, train_frequency=100, gradient_steps=4, batch_size=32, hidden_size=32,
+                         clip_batch_size=30, eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
+    result = humanoid.main(args)
+    rb = result["replay_buffer"]
+    steps_in_pose = []
+    for i in range(args.num_envs):  # transitions are stored step by step, env 0 then env 1
+        env = humanoid.make_env(args.episode_length, task=args.task)()
+        env.reset(seed=args.seed + i)
+        scores, in_pose = [], 0
+        for action in rb.actions[i: rb.pos: args.num_envs]:
+            _, reward, terminated, truncated, info = env.step(action)
+            scores.append(info["pose_score"])
+            in_pose += reward
+            assert not terminated  # no termination: a fall is part of the episode
+            if truncated:
+                env.reset()
+                steps_in_pose.append(in_pose)
+                in_pose = 0
+        stored = rb.rewards[i: rb.pos: args.num_envs]
+        np.testing.assert_allclose(stored, scores, rtol=1e-6)
+        assert not np.isin(stored, [0.0, 1.0]).all()  # graded scores, not the in-pose flags
+    assert not rb.terminations[: rb.pos].any()
+
+    scalars = read_scalars(result["run_dir"])
+    expected = {"charts/episodic_return", "charts/success_rate", "charts/pose_fraction", "eval/success_rate",
+                "eval/pose_fraction", "losses/td_loss"}
+    assert expected <= set(scalars), expected - set(scalars)
+    assert "charts/episodic_clip_return" not in scalars and "eval/clip_return" not in scalars  # no CLIP here
+    returns = episodes_by_step(scalars, "charts/episodic_return")
+    fractions = episodes_by_step(scalars, "charts/pose_fraction")
+    successes = episodes_by_step(scalars, "charts/success_rate")
+    assert sorted(v for values in returns.values() for v in values) == sorted(steps_in_pose)
+    assert len(steps_in_pose) == 400 // 50 and 0 < sum(steps_in_pose) < 400  # the robot stands, then falls
+    for step in returns:
+        np.testing.assert_allclose(fractions[step], np.array(returns[step]) / 50)
+        assert successes[step] == sorted(float(f >= 0.5) for f in fractions[step])
+    logged_successes = [v for _, v in scalars["charts/success_rate"]]
+    assert result["train_success_rate_last10"] == pytest.approx(np.mean(logged_successes[-10:]))
+    assert result["eval_success_rate"] == float(result["eval_pose_fraction"] >= 0.5)
+    assert scalars["eval/pose_fraction"][-1][1] == pytest.approx(result["eval_pose_fraction"])
+
+    with open(os.path.join(result["run_dir"], "results.json")) as f:
+        saved = json.load(f)
+    assert saved["args"]["prompt"] == [PAPER_PROMPTS["standing-up"]] and saved["args"]["task"] == "standing-up"
+    assert {"eval_success_rate", "eval_pose_fraction", "train_success_rate_last10"} <= set(saved["results"])
+
+
+@needs_gl
+def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, tmp_path):
+    """A CLIP run: CLIP's rewards train the agent, the task's detector judges it (steps in the pose, success),
+    and the correlation of the two rewards is logged."""
+    name, checkpoint, _ = tiny_clip
+    args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, task="kneeling", num_envs=2, episode_length=20,
+                         total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
+                         hidden_size=16, clip_batch_size=40, eval_episodes=1, video_interval=10**9,
+                         clip_precision="fp32", output_dir=str(tmp_path))
+    result = humanoid.main(args)
+    scalars = read_scalars(result["run_dir"])
+    expected = {"charts/episodic_return", "charts/success_rate", "charts/pose_fraction", "charts/episodic_clip_return",
+                "eval/success_rate", "eval/pose_fraction", "eval/clip_return"}
+    assert expected <= set(scalars), expected - set(scalars)
+    returns = [v for _, v in scalars["charts/episodic_return"]]
+    assert len(returns) == 120 // 20 and all(r == int(r) and 0 <= r <= 20 for r in returns)  # steps in the pose
+    rb = result["replay_buffer"]
+    assert not np.isin(rb.rewards[: rb.pos], [0.0, 1.0]).all()  # CLIP's rewards are stored, not the flags
+    assert 0.0 <= result["eval_pose_fraction"] <= 1.0 and result["eval_success_rate"] in (0.0, 1.0)
