@@ -1119,7 +1119,7 @@ class PoseEpisodeStats(EpisodeStats):
         super().add(entries, global_step)
         for env_id, in_pose_flag, _, episode_end in entries:
             self.steps_in_pose[env_id] += in_pose_flag
-            if episode_end:
+            if episode_end:  # (no termination in these runs: every episode lasts episode_length steps)
                 self.writer.add_scalar("charts/pose_fraction", self.steps_in_pose[env_id] / self.episode_length,
                                        global_step)
                 self.steps_in_pose[env_id] = 0.0
@@ -1194,7 +1194,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
 
     def evaluate_and_show(episodes: int, seed: int):
         """Deterministic episodes; the first one is saved as an image strip (and a GIF with --capture-video)."""
-        if GL_BACKEND is None or episodes == 0:  # a ground-truth run without OpenGL: figures only
+        if GL_BACKEND is None or episodes == 0:  # a run without CLIP and without OpenGL: figures only
             return evaluate(actor, reward_model, args, device, episodes, None, seed)
         results = evaluate(actor, reward_model, args, device, episodes, frame_size or (224, 224), seed)
         strip = image_strip(results[0]["frames"], results[0]["clip_rewards"], results[0]["in_pose"])

@@ -149,7 +149,7 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
     """`--reward pose`: every stored reward is the pose score of the state its transition reached (replaying the
     stored actions in fresh environments with the same seeds gives them back), while the statistics count the
     steps in the pose: the paper's success is at least half of an episode's steps in the pose."""
-    args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=50, total_timesteps=400,
+    args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=400,
                          learning_starts=100, train_frequency=100, gradient_steps=4, batch_size=32, hidden_size=32,
                          clip_batch_size=30, eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
     result = humanoid.main(args)
@@ -182,9 +182,9 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
     fractions = episodes_by_step(scalars, "charts/pose_fraction")
     successes = episodes_by_step(scalars, "charts/success_rate")
     assert sorted(v for values in returns.values() for v in values) == sorted(steps_in_pose)
-    assert len(steps_in_pose) == 400 // 50 and 0 < sum(steps_in_pose) < 400  # the robot stands, then falls
+    assert len(steps_in_pose) == 400 // 40 and 0 < sum(steps_in_pose) < 400  # the robot stands, then falls
     for step in returns:
-        np.testing.assert_allclose(fractions[step], np.array(returns[step]) / 50)
+        np.testing.assert_allclose(fractions[step], np.array(returns[step]) / 40)
         assert successes[step] == sorted(float(f >= 0.5) for f in fractions[step])
     logged_successes = [v for _, v in scalars["charts/success_rate"]]
     assert result["train_success_rate_last10"] == pytest.approx(np.mean(logged_successes[-10:]))
