@@ -367,6 +367,8 @@ class CLIPReward(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1))
 
+        if not goal_prompts or not baseline_prompts:  # the mean of no embedding would be NaN
+            fail("the CLIP reward needs at least one goal prompt and one baseline prompt.")
         goal = self.embed_prompts(tokenizer, goal_prompts)
         baseline = self.embed_prompts(tokenizer, baseline_prompts)
         direction = goal - baseline
@@ -578,7 +580,11 @@ class EpisodeStats:
                 self.true_return[env_id] = self.clip_return[env_id] = 0.0
         pairs = np.array(self.recent_pairs)
         if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
-            self.writer.add_scalar("charts/reward_correlation", np.corrcoef(pairs.T)[0, 1], global_step)
+            correlation = np.corrcoef(pairs.T)[0, 1]
+            self.writer.add_scalar("charts/reward_correlation", correlation, global_step)
+            # The paper's EPIC distance to the ground truth: for rewards of the reached state alone it is
+            # sqrt((1 - ρ) / 2) (0: the same ordering of states, 1: reversed), here over the visited states.
+            self.writer.add_scalar("charts/epic_distance", np.sqrt((1 - correlation) / 2), global_step)
 
 
 def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, global_step: int, start_time: float) -> int:

@@ -70,7 +70,9 @@ def build_reward(module, args, device):
     name = module.resolve_clip_model(args.clip_model)
     model = open_clip.create_model(name, device=device).eval().requires_grad_(False)
     defaults = module.Args()
-    return module.CLIPReward(model, open_clip.get_tokenizer(name), defaults.prompt, defaults.baseline_prompt, 0.5,
+    # The humanoid's default prompt is its --task's (an empty tuple stands for it).
+    prompt = defaults.prompt or (module.TASKS[defaults.task].prompt,)
+    return module.CLIPReward(model, open_clip.get_tokenizer(name), prompt, defaults.baseline_prompt, 0.5,
                              device=device, chunk_size=args.batch_size, precision=args.precision)
 
 

@@ -12,6 +12,9 @@ import sys
 # after a minute of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# One thread per process, here and in the scripts the tests start (inherited): the tests' networks are
+# small, and on a 2-core machine two processes of two spinning threads each run several times slower.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402

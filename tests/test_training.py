@@ -39,6 +39,10 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     # 600 steps of 50-step episodes in 2 envs: 12 episodes, each logged with both returns.
     assert len(scalars["charts/episodic_return"]) == len(scalars["charts/episodic_clip_return"]) == 12
     assert all(v in (0.0, 1.0) for _, v in scalars["charts/success_rate"])
+    # EPIC distance to the ground truth, the paper's measure of reward quality, from the same correlation.
+    correlation, epic = dict(scalars["charts/reward_correlation"]), dict(scalars["charts/epic_distance"])
+    assert correlation.keys() == epic.keys()
+    np.testing.assert_allclose([epic[k] for k in epic], [np.sqrt((1 - correlation[k]) / 2) for k in epic], rtol=1e-5)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(result["run_dir"])
@@ -62,12 +66,12 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
 
 def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_reward, tmp_path):
     """Every stored reward, episode ends included, is the stand-in's reward of that transition's next_obs."""
-    args = short_args(tmp_path, total_timesteps=400, learning_starts=10_000, episode_length=20, num_envs=3,
-                      eval_episodes=1, clip_batch_size=64)
+    args = short_args(tmp_path, total_timesteps=600, learning_starts=10_000, episode_length=40, num_envs=3,
+                      eval_episodes=1, clip_batch_size=64)  # random actions throughout: poles fall within 40 steps
     result = cartpole.main(args, reward_model=pole_tilt_reward)
     rb = result["replay_buffer"]
     stored = rb.pos if not rb.full else rb.size
-    assert stored == 402  # 134 vector steps of 3 envs, no step across a reset
+    assert stored == 600  # 200 vector steps of 3 envs, no step across a reset
     expected = PoleTiltEncoder.expected_reward(rb.next_obs[:stored, 2])
     errors = np.abs(rb.rewards[:stored] - expected)
     # The stand-in reads the tilt from pixels: a pixel off on its steep slope costs up to ~0.3.
