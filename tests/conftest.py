@@ -39,6 +39,23 @@ TINY_CONFIG = {
 }
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (minutes each)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a learning test of minutes; runs with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """(architecture name, checkpoint path, model) of a registered tiny CLIP with random weights."""

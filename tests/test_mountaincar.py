@@ -241,6 +241,7 @@ def test_ground_truth_reward_loads_no_clip(tmp_path):
     assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars
 
 
+@pytest.mark.slow  # 25k gradient steps (one per transition, the paper's ratio): ~3 minutes on one CPU core
 def test_agent_learns_to_reach_the_flag_from_pixels(tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> SAC with gSDE; no ground truth.
 
