@@ -198,9 +198,13 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
 
 
 @needs_gl
-def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, tmp_path):
+def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, tmp_path, monkeypatch):
     """A CLIP run: CLIP's rewards train the agent, the task's detector judges it (steps in the pose, success),
-    and the correlation of the two rewards is logged."""
+    and the correlation of the two rewards and the EPIC distance are logged."""
+    # A detector that a random robot both meets and leaves (hips high: it starts standing and falls), so
+    # that the ground truth varies and the correlation is defined.
+    monkeypatch.setitem(humanoid.TASKS, "kneeling",
+                        humanoid.Task(humanoid.TASKS["kneeling"].prompt, [("pelvis_height", ">", 0.8, 0.5)]))
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, task="kneeling", num_envs=2, episode_length=20,
                          total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
@@ -216,3 +220,6 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     rb = result["replay_buffer"]
     assert not np.isin(rb.rewards[: rb.pos], [0.0, 1.0]).all()  # CLIP's rewards are stored, not the flags
     assert 0.0 <= result["eval_pose_fraction"] <= 1.0 and result["eval_success_rate"] in (0.0, 1.0)
+    correlation, epic = dict(scalars["charts/reward_correlation"]), dict(scalars["charts/epic_distance"])
+    assert correlation.keys() == epic.keys() and len(epic) > 0
+    np.testing.assert_allclose([epic[k] for k in epic], [np.sqrt((1 - correlation[k]) / 2) for k in epic], rtol=1e-5)
