@@ -143,7 +143,8 @@ for path in sorted(glob.glob(os.path.join(out, "runs", "*", "results.json"))):
         run = json.load(f)
     args, res = run["args"], run["results"]
     rows.append(dict(
-        experiment=args["exp_name"], script=run["script"], task=args.get("task") or (" / ".join(args["prompt"]) if args["reward"] == "clip" else "ground truth"),
+        experiment=args["exp_name"], script=run["script"], task="ground truth" if args["reward"] == "ground-truth" else " / ".join(
+            x for x in (args.get("task"), " / ".join(args["prompt"])) if x),
         alpha=args["alpha"] if args["reward"] == "clip" else "", model=args["clip_model"] if args["reward"] == "clip" else "",
         textured=args.get("textured", ""), camera=args.get("camera", ""), seed=args["seed"], steps=res.get("global_step"),
         wall_seconds=round(res.get("wall_seconds", float("nan")), 1),

@@ -197,6 +197,25 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
     assert {"eval_success_rate", "eval_pose_fraction", "train_success_rate_last10"} <= set(saved["results"])
 
 
+def test_training_samples_pose_scores_also_when_the_buffer_wraps(tmp_path, monkeypatch):
+    """A buffer smaller than the run: every sample taken for training sees the graded scores, never unscored
+    NaN and never only the in-pose flags."""
+    sampled = []
+    sample = humanoid.ReplayBuffer.sample
+
+    def checked_sample(self, batch_size):
+        stored = self.rewards[: self.size if self.full else self.pos]
+        sampled.append(bool(np.isfinite(stored).all() and not np.isin(stored, [0.0, 1.0]).all()))
+        return sample(self, batch_size)
+
+    monkeypatch.setattr(humanoid.ReplayBuffer, "sample", checked_sample)
+    args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=200,
+                         learning_starts=100, train_frequency=50, gradient_steps=2, batch_size=16, hidden_size=16,
+                         buffer_size=50, eval_episodes=0, output_dir=str(tmp_path))
+    rb = humanoid.main(args)["replay_buffer"]
+    assert rb.full and len(sampled) == 2 * 2 and all(sampled)  # phases at 150 and 200, 2 updates each
+
+
 @needs_gl
 def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, tmp_path, monkeypatch):
     """A CLIP run: CLIP's rewards train the agent, the task's detector judges it (steps in the pose, success),
@@ -218,7 +237,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     returns = [v for _, v in scalars["charts/episodic_return"]]
     assert len(returns) == 120 // 20 and all(r == int(r) and 0 <= r <= 20 for r in returns)  # steps in the pose
     rb = result["replay_buffer"]
-    assert not np.isin(rb.rewards[: rb.pos], [0.0, 1.0]).all()  # CLIP's rewards are stored, not the flags
+    assert not np.isin(rb.rewards[: rb.pos], [0.0, 1.0]).any()  # CLIP's rewards are stored, not the flags
     assert 0.0 <= result["eval_pose_fraction"] <= 1.0 and result["eval_success_rate"] in (0.0, 1.0)
     correlation, epic = dict(scalars["charts/reward_correlation"]), dict(scalars["charts/epic_distance"])
     assert correlation.keys() == epic.keys() and len(epic) > 0
