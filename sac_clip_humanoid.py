@@ -75,6 +75,7 @@ def require_gl():
              "libgl1-mesa-dri, or libosmesa6) or set MUJOCO_GL to a backend that works here.")
 
 import gymnasium as gym  # noqa: E402  (after MUJOCO_GL is set)
+import mujoco  # noqa: E402
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -174,7 +175,9 @@ class Args:
     log_std_init: float = -3.0
     """initial log standard deviation of the exploration weights (with `--sde`)"""
     eval_episodes: int = 4
-    """deterministic evaluation episodes at the end of training (0: no final evaluation)"""
+    """deterministic evaluation episodes at each evaluation and at the end of training (0: no final evaluation)"""
+    landscape_points: int = 21
+    """poses on the reward landscape's path (standing to the task's pose) scored before training"""
 
 
 # Allowed values of the numeric flags, checked before anything is loaded.
@@ -182,6 +185,7 @@ RANGES = dict(num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[
               buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)", learning_starts="[0, inf)",
               train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)", ent_coef="[0, inf)",
               sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
+              landscape_points="[2, inf)",
               clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)")
 
 
@@ -387,17 +391,40 @@ STANDING = [
 ]
 
 
+def legs(hip_x=None, hip_z=None, hip_y=None, knee=None) -> dict:
+    """The same joint angles (degrees) on both legs; None leaves a joint at the start pose's 0. The left
+    leg's axes mirror the right's, so equal angles make a symmetric pose: hip_x < 0 spreads a leg outwards,
+    hip_y < 0 lifts the thigh forwards, knee < 0 bends the knee (the shin goes back)."""
+    return {f"{side}_{joint}": angle for side in ("right", "left")
+            for joint, angle in (("hip_x", hip_x), ("hip_z", hip_z), ("hip_y", hip_y), ("knee", knee))
+            if angle is not None}
+
+
+def arms(shoulder1: float, shoulder2: float, elbow: float) -> dict:
+    """Symmetric arms from the right arm's angles (degrees): the left shoulder's axes are the right's
+    mirrored, so its angles change sign; the elbow's axis is mirrored and reversed, so its angle stays."""
+    return {"right_shoulder1": shoulder1, "right_shoulder2": shoulder2, "right_elbow": elbow,
+            "left_shoulder1": -shoulder1, "left_shoulder2": -shoulder2, "left_elbow": elbow}
+
+
 class Task(NamedTuple):
     prompt: str  # the paper's goal prompt (Table 3); the baseline prompt is "a humanoid robot" for all
     conditions: list  # (feature, "<" or ">", threshold, margin): all must hold for the pose
+    # A hand-built example of the pose, the end of the reward landscape's path (which starts at `start`):
+    # joint angles in degrees (the rest stay at the standing start pose's) and the trunk's pitch
+    # (degrees about the y axis; negative leans back).
+    pose: dict
+    pitch: float = 0.0
+    start: dict = {}
 
 
+SQUAT = legs(hip_y=-100, knee=-120)
 TASKS = {
     "kneeling": Task("a humanoid robot kneeling", [
         ("knee_low", "<", 0.15, 0.4),  # a knee on the floor (its joint rests at ~0.05-0.11; standing 0.42)
         ("shin_back", ">", 0.2, 0.6),  # that knee's shin goes back from it, as when kneeling (0.3-0.4), not forward as when sitting
         ("torso_upright", ">", 0.7, 1.0),  # spine within ~45° of vertical: not on all fours, not lying
-    ]),
+    ], pose=legs(knee=-90)),
     "lotus-position": Task("a humanoid robot seated down, meditating in the lotus position", [
         ("pelvis_height", "<", 0.18, 0.7),  # seated on the floor (0.11-0.15); squatting on the toes 0.22, on the heels 0.25
         ("torso_upright", ">", 0.7, 1.0),  # sitting up, not lying back
@@ -405,29 +432,29 @@ TASKS = {
         ("knees_apart", ">", 0.4, 0.3),  # knees spread out, as in the lotus (together: 0.2)
         ("feet_to_pelvis", "<", 0.45, 0.4),  # legs folded in, not stretched out in front (~0.75 straight)
         ("shin_back", "<", 0.2, 0.3),  # shins folded in front or beside, not back under the body (kneeling: > 0.2)
-    ]),
-    "standing-up": Task("a humanoid robot standing up", STANDING),
+    ], pose={**legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160), "abdomen_y": -45}, pitch=-10),
+    "standing-up": Task("a humanoid robot standing up", STANDING, pose={}, start=SQUAT),  # from a squat
     "arms-raised": Task("a humanoid robot standing up, with both arms raised", STANDING + [
         ("low_hand_above_head", ">", 0.1, 0.5),  # both hands above the top of the head (head radius 0.09; at rest -0.13)
-    ]),
+    ], pose=arms(-85, 20, -90)),
     "doing-splits": Task("a humanoid robot practicing gymnastics, doing the side splits", [
         ("feet_apart", ">", 1.2, 1.0),  # legs spread wide (standing 0.18; each leg is 0.85 long from the hip)
         ("pelvis_height", "<", 0.5, 0.4),  # hips dropped towards the floor (a wide stance with high hips is a straddle)
         ("foot_high", "<", 0.5, 0.5),  # both feet low (a split tilted a little still counts), not a leg kicked up high
         ("torso_upright", ">", 0.5, 1.0),  # trunk up, not lying on the back with the legs spread
-    ]),
+    ], pose=legs(hip_x=-25, hip_z=-60, hip_y=-80)),  # the hips spread only 25°: the thighs turn out and lift
     "hands-on-hips": Task("a humanoid robot standing up with hands on hips", STANDING + [
         ("hands_to_hips", "<", 0.15, 0.5),  # each hand at the outer side of its hip (~0.1 there; 0.6 at rest)
-    ]),
+    ], pose=arms(42.5, -75, -20)),
     "arms-crossed": Task("a humanoid robot standing up, with its arms crossed", STANDING + [
         # Each hand past the spine by more than its radius (0.04), so the forearms visibly cross (most they reach: 0.15).
         ("hands_crossed", ">", 0.04, 0.3),
         ("high_hand_above_head", "<", 0.0, 0.4),  # both hands below the head's centre: crossed in front, not overhead
-    ]),
+    ], pose=arms(60, 40, -90)),
     "standing-on-one-leg": Task("a humanoid robot standing up on one leg", STANDING + [
         ("foot_low", "<", 0.15, 0.3),  # one foot on the floor (centre 0.075 when resting on it)
         ("foot_high", ">", 0.3, 0.3),  # the other lifted: its centre 0.3 m up, higher than a walking step
-    ]),
+    ], pose={"left_hip_y": -90, "left_knee": -100}),
 }
 
 
@@ -487,6 +514,29 @@ class CLIPHumanoidEnv(HumanoidEnv):
     def render(self):
         require_gl()
         return super().render()
+
+    def set_pose(self, joints: dict, pitch: float = 0.0):
+        """Put the robot at rest in a pose (the reward landscape, tests): joint angles in degrees on the start
+        pose, clipped into each joint's range (the start pose's straight knee, 0°, is past the knee's -2° limit),
+        the trunk pitched by `pitch` degrees, and lowered until its lowest point touches the floor."""
+        qpos = self.init_qpos.copy()
+        qpos[3:7] = np.cos(np.radians(pitch) / 2), 0.0, np.sin(np.radians(pitch) / 2), 0.0  # about the y axis
+        for name, degrees in joints.items():
+            joint = self.model.joint(name)
+            qpos[joint.qposadr[0]] = np.clip(np.radians(degrees), *joint.range)
+        self.set_state(qpos, np.zeros(self.model.nv))
+        qpos[2] -= self.lowest_point()
+        self.set_state(qpos, np.zeros(self.model.nv))
+
+    def lowest_point(self) -> float:
+        """Height of the lowest point of the robot's surface (its spheres and capsules)."""
+        model, data = self.model, self.data
+        robot = model.geom_bodyid > 0  # body 0 is the world (the floor)
+        radius, half_length = model.geom_size[robot, 0], model.geom_size[robot, 1]
+        # A capsule's end reaches below its centre by its half-length times the vertical part of its axis.
+        capsule = model.geom_type[robot] == mujoco.mjtGeom.mjGEOM_CAPSULE
+        reach = np.where(capsule, np.abs(data.geom_xmat[robot, 8]) * half_length, 0.0)
+        return float((data.geom_xpos[robot, 2] - reach - radius).min())
 
 
 # ==== BEGIN SHARED BLOCK: frame-in-info (identical in every script; tests/test_shared_blocks.py) ====
@@ -1059,6 +1109,48 @@ def save_video(frames, clip_rewards, path: str):
 # ---------------------------------------------------------------------------------------------
 # Evaluation: deterministic episodes, image strips of what the policy does
 # ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: landscape-plot (identical in every script; tests/test_shared_blocks.py) ====
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+# ==== END SHARED BLOCK: landscape-plot ====
+
+
+def path_pose(task: str, f: float):
+    """(joint angles, pitch) a fraction f of the way from the task's start to its pose."""
+    start, goal = TASKS[task].start, TASKS[task].pose
+    return {j: (1 - f) * start.get(j, 0.0) + f * goal.get(j, 0.0) for j in {**start, **goal}}, f * TASKS[task].pitch
+
+
+def landscape_frames(task: str, frame_size, textured: bool, camera: str, points: int):
+    """Frames of the robot at rest along a path of poses: the joint angles go in `points` even steps from
+    the task's start (standing, for most) to its hand-built pose. Returns (fractions of the path, frames,
+    in-pose flags of the detector)."""
+    env = CLIPHumanoidEnv(frame_size, textured, camera)
+    fractions, frames, flags = np.linspace(0.0, 1.0, points), [], []
+    for f in fractions:
+        env.set_pose(*path_pose(task, f))
+        frames.append(env.render())
+        flags.append(in_pose(pose_features(env.data), task))
+    env.close()
+    return fractions, np.stack(frames), np.array(flags)
+
+
 def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed: int):
     """Deterministic episodes (mean action). Returns per-episode returns, CLIP rewards, frames and, where the
     task's detector judges the run (CLIP and pose runs), the steps in the pose and the episode's success."""
@@ -1087,6 +1179,11 @@ def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed:
                             frames=frames, clip_rewards=clip_rewards, in_pose=in_pose_flags if task is not None else None))
     env.close()
     return results
+
+
+def mean(results: list, key: str) -> float:
+    """The mean of one figure over evaluation episodes (NaN for none)."""
+    return float(np.mean([r[key] for r in results])) if results else float("nan")
 
 
 def image_strip(frames, clip_rewards, in_pose=None, count: int = 8) -> np.ndarray:
@@ -1170,6 +1267,19 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     writer = SummaryWriter(run_dir)
     write_hyperparameters(writer, args)
     frame_size = reward_model.image_size if uses_clip else None
+    if uses_clip:  # the reward landscape (the paper's figure 2): does the prompt rank the goal pose highest?
+        fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
+                                                    args.landscape_points)
+        rewards = reward_model(frames)
+        origin = "a squat" if TASKS[args.task].start else "standing"
+        fig = plot_reward_landscape(fractions, rewards, posed, f"joint angles from {origin} (0) to the {args.task} pose (1)",
+                                    f"{args.task} (detector)", f"{args.prompt[0]!r}, alpha={args.alpha}",
+                                    os.path.join(run_dir, "reward_landscape.png"))
+        writer.add_figure("reward_landscape", fig)
+        gap = rewards[posed].mean() - rewards[~posed].mean()
+        writer.add_scalar("landscape/in_pose_minus_out", gap, 0)
+        print(f"reward landscape: mean CLIP reward in the {args.task} pose - out of it = {gap:.4g} "
+              "(positive: the prompt can work)")
 
     envs = LastStepInfos(gym.vector.SyncVectorEnv(
         [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=args.reward == "ground-truth",
@@ -1199,10 +1309,18 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         pose_rewards.clear()
 
     def evaluate_and_show(episodes: int, seed: int):
-        """Deterministic episodes; the first one is saved as an image strip (and a GIF with --capture-video)."""
-        if GL_BACKEND is None or episodes == 0:  # a run without CLIP and without OpenGL: figures only
-            return evaluate(actor, reward_model, args, device, episodes, None, seed)
-        results = evaluate(actor, reward_model, args, device, episodes, frame_size or (224, 224), seed)
+        """Deterministic episodes, logged as eval/*; the first one is saved as an image strip (and a GIF
+        with --capture-video) where frames can be rendered."""
+        rendered = GL_BACKEND is not None and episodes > 0  # without CLIP and without OpenGL: figures only
+        results = evaluate(actor, reward_model, args, device, episodes, frame_size or (224, 224) if rendered else None, seed)
+        for tag, key, logged in [("success_rate", "success", judged), ("pose_fraction", "pose_fraction", judged),
+                                 ("clip_return", "clip_return", uses_clip),
+                                 ("last_frame_clip_reward", "last_frame_clip_reward", uses_clip),
+                                 ("episodic_return", "true_return", not judged)]:
+            if results and logged:
+                writer.add_scalar(f"eval/{tag}", mean(results, key), global_step)
+        if not rendered:
+            return results
         strip = image_strip(results[0]["frames"], results[0]["clip_rewards"], results[0]["in_pose"])
         writer.add_image("eval/episode_strip", strip, global_step, dataformats="HWC")
         os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
@@ -1254,32 +1372,23 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                   + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in timings.items()))
 
         if global_step >= next_eval and global_step > args.learning_starts:
-            evaluate_and_show(1, args.seed)
+            evaluate_and_show(max(args.eval_episodes, 1), args.seed)
             next_eval = global_step + args.video_interval
     collect_rewards()
     envs.close()
     loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
 
     results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
-    mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(
-        eval_success_rate=mean("success"), eval_pose_fraction=mean("pose_fraction"),
+        eval_success_rate=mean(results, "success"), eval_pose_fraction=mean(results, "pose_fraction"),
         train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
-        eval_last_frame_clip_reward=mean("last_frame_clip_reward"),
+        eval_episodic_return=mean(results, "true_return"), eval_clip_return=mean(results, "clip_return"),
+        eval_last_frame_clip_reward=mean(results, "last_frame_clip_reward"),
         **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir,
         replay_buffer=rb,
         sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
         timings=timings, precision=getattr(reward_model, "precision", None),
     )
-    if results and judged:
-        writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
-        writer.add_scalar("eval/pose_fraction", final["eval_pose_fraction"], global_step)
-    if results and uses_clip:
-        writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
-        writer.add_scalar("eval/last_frame_clip_reward", final["eval_last_frame_clip_reward"], global_step)
-    if results and not judged:
-        writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
         torch.save(agent.state_dict(), model_path)

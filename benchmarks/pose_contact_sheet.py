@@ -31,29 +31,16 @@ import mujoco  # noqa: E402
 
 class Pose(NamedTuple):
     joints: dict  # joint name -> angle in degrees (the others stay at the start pose's 0)
-    orientation: tuple = (1.0, 0.0, 0.0, 0.0)  # the root's quaternion (w, x, y, z); the identity stands upright
+    pitch: float = 0.0  # the trunk's pitch in degrees about the y axis (0 stands upright, -90 lies on the back)
     person: frozenset = frozenset()  # the tasks a person looking at the pose names (tests/test_pose.py checks them)
 
 
-def both_legs(hip_x=None, hip_z=None, hip_y=None, knee=None) -> dict:
-    """The same angles on both legs (None: left at the start pose's). The left leg's hip_x and hip_z axes are
-    the right's mirrored, so equal angles give a mirror-symmetric pose: hip_x < 0 spreads the leg outwards,
-    hip_y < 0 lifts the thigh forwards, knee < 0 bends the knee (the shin goes back)."""
-    return {f"{side}_{joint}": angle for side in ("right", "left")
-            for joint, angle in (("hip_x", hip_x), ("hip_z", hip_z), ("hip_y", hip_y), ("knee", knee))
-            if angle is not None}
+legs, arms, TASKS = humanoid.legs, humanoid.arms, humanoid.TASKS
 
 
-def both_arms(shoulder1=0.0, shoulder2=0.0, elbow=0.0) -> dict:
-    """Mirror-symmetric arms given the right arm's angles: the left shoulder's axes are the right's mirrored,
-    so its angles change sign; the elbow's axis is mirrored and reversed, so its angle stays."""
-    return {"right_shoulder1": shoulder1, "right_shoulder2": shoulder2, "right_elbow": elbow,
-            "left_shoulder1": -shoulder1, "left_shoulder2": -shoulder2, "left_elbow": elbow}
-
-
-def quaternion(axis, degrees: float) -> tuple:
-    half = np.radians(degrees) / 2
-    return (float(np.cos(half)), *(float(np.sin(half)) * np.asarray(axis, dtype=float)))
+def task_pose(task: str, person: frozenset) -> Pose:
+    """The task's own hand-built example (TASKS[task].pose, the end of its reward landscape's path)."""
+    return Pose(TASKS[task].pose, TASKS[task].pitch, person)
 
 
 # Poses built by hand and looked at (front, side and three-quarter views) before being named here.
@@ -62,55 +49,24 @@ def quaternion(axis, degrees: float) -> tuple:
 # splits turn the thighs out and lift them instead), and crossed hands reach 15 cm past the spine.
 STAND = frozenset({"standing-up"})
 POSES = {
-    "standing": Pose({}, person=STAND),
-    "lying on its back": Pose({}, quaternion([0, 1, 0], -90)),
-    "lying face down": Pose(both_arms(60, -40, -60), quaternion([0, 1, 0], 90)),
-    "kneeling upright": Pose(both_legs(knee=-90), person=frozenset({"kneeling"})),
-    "kneeling on its heels": Pose(both_legs(hip_y=-75, knee=-160), person=frozenset({"kneeling"})),
+    "standing": task_pose("standing-up", STAND),
+    "lying on its back": Pose({}, -90),
+    "lying face down": Pose(arms(60, -40, -60), 90),
+    "kneeling upright": task_pose("kneeling", frozenset({"kneeling"})),
+    "kneeling on its heels": Pose(legs(hip_y=-75, knee=-160), person=frozenset({"kneeling"})),
     "on one knee": Pose({"right_knee": -90, "left_hip_y": -90, "left_knee": -90}, person=frozenset({"kneeling"})),
-    "side splits": Pose(both_legs(hip_x=-25, hip_z=-60, hip_y=-80), person=frozenset({"doing-splits"})),
-    "arms raised": Pose(both_arms(-85, 20, -90), person=STAND | {"arms-raised"}),
-    "hands on hips": Pose(both_arms(42.5, -75, -20), person=STAND | {"hands-on-hips"}),
-    "arms crossed": Pose(both_arms(60, 40, -90), person=STAND | {"arms-crossed"}),
-    "on one leg": Pose({"left_hip_y": -90, "left_knee": -100}, person=STAND | {"standing-on-one-leg"}),
+    "side splits": task_pose("doing-splits", frozenset({"doing-splits"})),
+    "arms raised": task_pose("arms-raised", STAND | {"arms-raised"}),
+    "hands on hips": task_pose("hands-on-hips", STAND | {"hands-on-hips"}),
+    "arms crossed": task_pose("arms-crossed", STAND | {"arms-crossed"}),
+    "on one leg": task_pose("standing-on-one-leg", STAND | {"standing-on-one-leg"}),
     # The hips cannot turn the shins flat onto the floor, so no true lotus: seated on the floor, upright, the
     # knees spread and the feet drawn in (the pelvis tilted back under an upright chest) is as close as it gets.
-    "seated, legs folded (lotus)": Pose({**both_legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160), "abdomen_y": -45},
-                                        quaternion([0, 1, 0], -10), person=frozenset({"lotus-position"})),
-    "squatting, knees spread": Pose(both_legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160)),  # on its toes, not seated
-    "squatting": Pose(both_legs(hip_y=-100, knee=-120)),
-    "seated, legs straight out": Pose(both_legs(hip_y=-90)),
+    "seated, legs folded (lotus)": task_pose("lotus-position", frozenset({"lotus-position"})),
+    "squatting, knees spread": Pose(legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160)),  # on its toes, not seated
+    "squatting": Pose(humanoid.SQUAT),
+    "seated, legs straight out": Pose(legs(hip_y=-90)),
 }
-
-
-def lowest_point(model, data) -> float:
-    """Height of the lowest point of the robot's surface (its spheres and capsules)."""
-    lowest = np.inf
-    for geom in range(model.ngeom):
-        if model.geom_bodyid[geom] == 0:  # the floor
-            continue
-        radius, centre = model.geom_size[geom][0], data.geom_xpos[geom]
-        reach = 0.0  # a capsule's end reaches below its centre by its half-length times the tilt of its axis
-        if model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_CAPSULE:
-            reach = abs(data.geom_xmat[geom].reshape(3, 3)[2, 2]) * model.geom_size[geom][1]
-        lowest = min(lowest, centre[2] - reach - radius)
-    return float(lowest)
-
-
-def set_pose(env, joints: dict, orientation=(1.0, 0.0, 0.0, 0.0)):
-    """Put the robot of a CLIPHumanoidEnv at rest in a pose: joint angles (degrees) on the start pose, the root's
-    orientation, and the root's height chosen so that the lowest point of the robot touches the floor."""
-    env = env.unwrapped
-    qpos = env.init_qpos.copy()
-    qpos[3:7] = orientation
-    for name, degrees in joints.items():
-        low, high = np.degrees(env.model.joint(name).range)
-        if not low - 1e-6 <= degrees <= high + 1e-6:
-            raise ValueError(f"{name} = {degrees}° is outside its range [{low:.0f}°, {high:.0f}°]")
-        qpos[env.model.joint(name).qposadr[0]] = np.radians(degrees)
-    env.set_state(qpos, np.zeros(env.model.nv))
-    qpos[2] -= lowest_point(env.model, env.data)
-    env.set_state(qpos, np.zeros(env.model.nv))
 
 
 def jittered(env, pose: Pose, rng, degrees: float) -> dict:
@@ -151,10 +107,10 @@ def collect_states(env, args: Args):
     rng = np.random.default_rng(args.seed)
     states = []
     for name, pose in POSES.items():
-        set_pose(env, pose.joints, pose.orientation)
+        env.set_pose(pose.joints, pose.pitch)
         states.append((name, env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()))
         for k in range(args.jitters):
-            set_pose(env, jittered(env, pose, rng, args.jitter), pose.orientation)
+            env.set_pose(jittered(env, pose, rng, args.jitter), pose.pitch)
             states.append((f"{name} ~{k}", env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()))
     env.action_space.seed(args.seed)
     for episode in range(args.rollouts):

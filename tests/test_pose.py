@@ -38,8 +38,8 @@ def env():
     return humanoid.CLIPHumanoidEnv(frame_size=(64, 64))  # simulation only: nothing is rendered here
 
 
-def features_of(env, joints, orientation=(1.0, 0.0, 0.0, 0.0)):
-    contact_sheet.set_pose(env, joints, orientation)
+def features_of(env, joints, pitch=0.0):
+    env.set_pose(joints, pitch)
     return humanoid.pose_features(env.data)
 
 
@@ -48,8 +48,8 @@ def test_hand_built_pose_is_judged_as_a_person_judges_it(env, name):
     """Every detector says what a person says of the pose: e.g. arms raised is "arms raised" and "standing up",
     and nothing else; lying on its back is none of the eight."""
     pose = POSES[name]
-    features = features_of(env, pose.joints, pose.orientation)
-    assert abs(contact_sheet.lowest_point(env.model, env.data)) < 1e-9  # resting on the floor, not floating
+    features = features_of(env, pose.joints, pose.pitch)
+    assert abs(env.lowest_point()) < 1e-9  # resting on the floor, not floating
     judged = {task for task in humanoid.TASKS if humanoid.in_pose(features, task)}
     assert judged == pose.person, {f: round(v, 3) for f, v in features.items()}
 
@@ -80,7 +80,7 @@ def test_unknown_task_is_refused_by_the_parser(capsys):
 
 def test_pose_score_is_one_exactly_in_the_pose(env):
     for pose in POSES.values():
-        features = features_of(env, pose.joints, pose.orientation)
+        features = features_of(env, pose.joints, pose.pitch)
         for task in humanoid.TASKS:
             score = humanoid.pose_score(features, task)
             assert 0.0 <= score <= 1.0
@@ -99,21 +99,30 @@ def test_pose_score_falls_with_the_distance_past_a_threshold(env):
         assert humanoid.pose_score(moved, "kneeling") == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("task, path", [
-    ("arms-raised", lambda f: contact_sheet.both_arms(-85 * f, 20 * f, -90 * f)),
-    ("kneeling", lambda f: contact_sheet.both_legs(knee=min(-90 * f, -2))),
-    ("doing-splits", lambda f: contact_sheet.both_legs(hip_x=-25 * f, hip_z=-60 * f, hip_y=-80 * f)),
-])
-def test_pose_score_rises_on_the_way_into_the_pose(env, task, path):
-    """From standing to the pose, joint angles moved in equal steps: the score never falls and ends at 1
-    (a reward that says "closer"), while the detector says yes only at the end."""
+@pytest.mark.parametrize("task", humanoid.TASKS)
+def test_pose_score_rises_on_the_landscape_path_into_the_pose(env, task):
+    """On the reward landscape's path (joint angles in equal steps from standing, or a squat, to the task's
+    hand-built pose) the graded score never falls and ends at 1 (a reward that says "closer"), while the
+    detector says no at the start and yes at the end: the landscape has a region in the pose and one out."""
     scores, flags = [], []
     for fraction in np.linspace(0, 1, 6):
-        features = features_of(env, path(fraction))
+        features = features_of(env, *humanoid.path_pose(task, fraction))
         scores.append(humanoid.pose_score(features, task))
         flags.append(humanoid.in_pose(features, task))
     assert np.all(np.diff(scores) >= 0) and scores[0] < 0.9 and scores[-1] == 1.0, scores
     assert not flags[0] and flags[-1]
+
+
+@needs_gl
+def test_reward_landscape_frames_show_the_path_and_are_judged_by_the_detector():
+    fractions, frames, flags = humanoid.landscape_frames("arms-raised", (48, 40), True, "paper", points=5)
+    assert fractions.tolist() == [0, 0.25, 0.5, 0.75, 1.0] and frames.shape == (5, 48, 40, 3)
+    assert flags.tolist() == [False, False, False, True, True]  # the hands pass the head 3/4 of the way
+    # The frames change along the path (the arms rise), and the first is the standing robot of the start pose.
+    assert np.abs(frames[-1].astype(int) - frames[0]).sum() > 0
+    env = humanoid.CLIPHumanoidEnv((48, 40))
+    env.set_pose({})
+    assert np.array_equal(env.render(), frames[0])
 
 
 def test_env_reward_is_the_in_pose_flag_of_the_state_reached():
@@ -223,7 +232,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     # A detector that a random robot both meets and leaves (hips high: it starts standing and falls), so
     # that the ground truth varies and the correlation is defined.
     monkeypatch.setitem(humanoid.TASKS, "kneeling",
-                        humanoid.Task(humanoid.TASKS["kneeling"].prompt, [("pelvis_height", ">", 0.8, 0.5)]))
+                        humanoid.TASKS["kneeling"]._replace(conditions=[("pelvis_height", ">", 0.8, 0.5)]))
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, task="kneeling", num_envs=2, episode_length=20,
                          total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
@@ -232,8 +241,10 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     result = humanoid.main(args)
     scalars = read_scalars(result["run_dir"])
     expected = {"charts/episodic_return", "charts/success_rate", "charts/pose_fraction", "charts/episodic_clip_return",
-                "eval/success_rate", "eval/pose_fraction", "eval/clip_return"}
+                "eval/success_rate", "eval/pose_fraction", "eval/clip_return", "landscape/in_pose_minus_out"}
     assert expected <= set(scalars), expected - set(scalars)
+    assert os.path.getsize(os.path.join(result["run_dir"], "reward_landscape.png")) > 0  # standing to kneeling, scored
+    assert np.isfinite(scalars["landscape/in_pose_minus_out"][0][1])  # the patched detector: in at the start, out at the end
     returns = [v for _, v in scalars["charts/episodic_return"]]
     assert len(returns) == 120 // 20 and all(r == int(r) and 0 <= r <= 20 for r in returns)  # steps in the pose
     rb = result["replay_buffer"]
