@@ -8,8 +8,8 @@
 #   bash run_all.sh --smoke --jobs 2                # every experiment for a few steps, tiny CLIP, CPU
 #   bash run_all.sh --summary-only                  # rebuild the summary from existing run folders
 #
-# Every run writes results.json into its run folder; the summary (summary.csv and summary.md, in the
-# shape of the paper's tables) is built from those files and from each run's exit status.
+# Every run writes results.json into its run folder; the summary (summary.csv, summary.md in the shape
+# of the paper's tables, and PNG figures) is built from those files and from each run's exit status.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -27,7 +27,7 @@ usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--
   --smoke            a few steps of every experiment with a tiny random-weight CLIP on the CPU
   --output-dir DIR   where runs, logs and the summary go (default runs/paper, runs/smoke with --smoke)
   --python CMD       the interpreter that runs the scripts (default: python)
-  --summary-only     rebuild summary.csv and summary.md from DIR and exit
+  --summary-only     rebuild summary.csv, summary.md and its figures from DIR and exit
   --slurm            submit the grid with sbatch as a job array, one task per run, instead of running it
   --partition NAME   SLURM partition (default: the cluster's default)
   --gpus-per-task N  GPUs requested per run with --slurm (default 1)
@@ -131,7 +131,7 @@ grid() {
     done
 }
 
-# --- Summary: summary.csv and summary.md from results.json files and exit statuses ------------
+# --- Summary: summary.csv, summary.md and figures from results.json files and exit statuses ---
 summarize() {
     "$PYTHON" - "$OUTPUT_DIR" <<'PY'
 import csv, glob, json, os, sys
@@ -210,10 +210,97 @@ if any(n in groups for _, _, n in ablation):
         lines.append(f"| {scene} | {paper} | {n} | {len(runs)} | {mean(r.get('success_rate', '') for r in ok)} | "
                      f"{mean(r['last_frame_clip_reward'] for r in ok)} | {len(runs) - len(ok)} |")
     lines.append("")
+
+# --- Figures: PNGs next to summary.md, each drawn only where its runs exist. Every value drawn (each
+# seed's and the mean over seeds) is also a row of figure_data.csv, to read the numbers behind a figure.
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+def average(values):
+    values = [v for v in values if v == v]  # skip NaN
+    return sum(values) / len(values) if values else float("nan")
+
+plotted, figures = [], []  # every value drawn; the markdown lines that show the figures
+def draw(file, title, xlabel, panels, ticks=None, bars=False):
+    """panels: (y label, {series: [(x, seed, value)]}, {x: the paper's value} or None) each; the mean over seeds
+    at each x as a line (or a bar), each seed as a cross, the paper's figure as a black diamond."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False, layout="constrained")
+    for ax, (ylabel, series, paper) in zip(axes[0], panels):
+        for i, (label, points) in enumerate(series.items()):
+            xs = sorted({x for x, _, _ in points})
+            means = [average([v for x2, _, v in points if x2 == x]) for x in xs]
+            if bars:
+                ax.bar(xs, means, width=0.6, color=f"C{i}", alpha=0.5, label=label)
+            else:
+                ax.plot(xs, means, "-o", color=f"C{i}", label=label)
+            ax.scatter([x for x, _, _ in points], [v for _, _, v in points], color=f"C{i}", marker="x", zorder=3)
+            name = (lambda x: ticks[x]) if ticks else (lambda x: x)
+            plotted.extend([(file, ylabel, label, name(x), "mean", m) for x, m in zip(xs, means)] +
+                           [(file, ylabel, label, name(x), seed, v) for x, seed, v in points])
+        if paper:
+            ax.scatter(list(paper), list(paper.values()), color="black", marker="D", zorder=4, label="paper")
+        ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.05, 1.05))
+        if ticks:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    fig.suptitle(f"{title}\n(line or bar: mean over seeds; crosses: single seeds)")
+    fig.savefig(os.path.join(out, file), dpi=100)
+    plt.close(fig)
+    figures.extend([f"![{title}]({file})", ""])
+
+ok = [r for r in rows if r["status"] == "ok"]
+def success(r):
+    return float(r["success_rate"]) if r["success_rate"] not in ("", None) else float("nan")
+
+# Success against α, the weight of the baseline prompt: one series per environment (and MountainCar's scene).
+by_alpha = {}
+for r in ok:
+    if r["experiment"].startswith(("cartpole_alpha", "mountaincar_")) and r["alpha"] != "":
+        series = r["experiment"].rsplit("_alpha", 1)[0]
+        series = {"cartpole": "CartPole", "mountaincar_textured": "MountainCar, textured",
+                  "mountaincar_no-textured": "MountainCar, original"}.get(series, series)
+        by_alpha.setdefault(series, []).append((float(r["alpha"]), r["seed"], success(r)))
+if by_alpha:
+    draw("success_vs_alpha.png", "Success rate against the goal-baseline weight α", "α (goal-baseline weight)",
+         [("greedy success rate", dict(sorted(by_alpha.items())), None)])
+# Table 1: the humanoid's tasks (ViT-bigG-14, α = 0), with the paper's success rates.
+table1 = {"kneeling": 1.0, "lotus-position": 1.0, "standing-up": 1.0, "arms-raised": 1.0, "doing-splits": 1.0,
+          "hands-on-hips": 0.64, "standing-on-one-leg": 0.0, "arms-crossed": 0.0}
+experiment = {t: "humanoid_" + t.replace("-", "_") for t in table1}
+tasks = [t for t in table1 if experiment[t] in groups]
+points = [(i, r["seed"], success(r)) for i, t in enumerate(tasks) for r in ok if r["experiment"] == experiment[t]]
+if tasks:
+    draw("humanoid_success_per_task.png", "Humanoid tasks (Table 1: ViT-bigG-14, α = 0)", "task",
+         [("success rate (pose detector)", {"this reproduction": points}, {i: table1[t] for i, t in enumerate(tasks)})],
+         ticks=tasks, bars=True)
+# Model scale on kneeling: success and the EPIC distance between the CLIP reward and the pose detector's
+# in-pose flag over the last 10,000 steps of training (its last charts/epic_distance: results.json lacks it).
+def last_epic(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 1}).Reload()  # keeps each tag's last value
+    return events.Scalars("charts/epic_distance")[-1].value if "charts/epic_distance" in events.Tags()["scalars"] \
+        else float("nan")
+scale = {"RN50": ("humanoid_kneeling_RN50", 0.0), "ViT-L-14": ("humanoid_kneeling_ViT-L-14", 0.0),
+         "ViT-H-14": ("humanoid_kneeling_ViT-H-14", 0.0), "ViT-bigG-14": ("humanoid_kneeling", 1.0)}  # by size
+models = [m for m, (n, _) in scale.items() if n in groups]
+scale_runs = [(i, r) for i, m in enumerate(models) for r in ok if r["experiment"] == scale[m][0]]
+if len(models) > 1:  # the study compares models: one alone is Table 1's kneeling run
+    draw("success_and_epic_vs_model_size.png", "Model scale on kneeling (α = 0; EPIC: the last value logged in "
+         "training)", "CLIP model (by size)",
+         [("success rate (pose detector)", {"kneeling": [(i, r["seed"], success(r)) for i, r in scale_runs]},
+           {i: scale[m][1] for i, m in enumerate(models)}),
+          ("EPIC distance, CLIP reward to pose detector",
+           {"kneeling": [(i, r["seed"], last_epic(r["run_dir"])) for i, r in scale_runs]}, None)], ticks=models)
+if figures:
+    lines += ["## Figures", ""] + figures
+with open(os.path.join(out, "figure_data.csv"), "w", newline="") as f:
+    csv.writer(f).writerows([("figure", "panel", "series", "x", "seed", "value")] + plotted)
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines))
 print(f"summary: {len(rows)} runs ({sum(r['status'] != 'ok' for r in rows)} failed) -> "
-      f"{os.path.join(out, 'summary.csv')}, {os.path.join(out, 'summary.md')}")
+      f"{os.path.join(out, 'summary.csv')}, {os.path.join(out, 'summary.md')}, {len(figures) // 2} figures")
 PY
 }
 

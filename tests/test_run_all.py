@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 RUN_ALL = os.path.join(ROOT, "run_all.sh")
@@ -121,3 +123,125 @@ def test_slurm_submits_one_array_task_per_run(tmp_path):
     commands = (out / "commands.txt").read_text().strip().splitlines()
     assert len(commands) == 22 and all("sac_clip_mountaincar.py" in c for c in commands)
     assert not list((out / "runs").iterdir())  # nothing ran here
+
+
+def fake_run(out, module, final, **flags):
+    """A finished run's folder: results.json written by the script's own write_results with its own Args."""
+    args = module.Args(output_dir=str(out / "runs"), **flags)
+    run_dir = out / "runs" / f"{args.exp_name}__{args.seed}"
+    run_dir.mkdir(parents=True)
+    module.write_results(str(run_dir), args, dict(global_step=1000, wall_seconds=10.0, eval_clip_return=1.0,
+                                                  eval_last_frame_clip_reward=0.1, **final))
+    return run_dir
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def read_figure_data(folder):
+    """{(figure, panel, series, x, seed): value} of every value the figures draw."""
+    with open(os.path.join(folder, "figure_data.csv")) as f:
+        return {(r["figure"], r["panel"], r["series"], r["x"], r["seed"]): float(r["value"]) for r in csv.DictReader(f)}
+
+
+def test_summary_draws_the_papers_figures(tmp_path):
+    """Success against α, per humanoid task and against model size (with the EPIC distance, read from
+    TensorBoard), from a fake grid of two seeds where every run's success rate says which run it is."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    import dqn_clip_cartpole as cartpole
+    import sac_clip_humanoid as humanoid
+    import sac_clip_mountaincar as mountaincar
+
+    out = tmp_path / "out"
+    alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+    tasks = ("kneeling", "lotus-position", "standing-up", "arms-raised", "doing-splits", "hands-on-hips",
+             "arms-crossed", "standing-on-one-leg")
+    models = {"RN50": "RN50-quickgelu", "ViT-L-14": "ViT-L-14", "ViT-H-14": "ViT-H-14"}
+    for seed in (1, 2):
+        for alpha in alphas:
+            fake_run(out, cartpole, dict(eval_success_rate=alpha / 2 + seed / 100), exp_name=f"cartpole_alpha{alpha:g}",
+                     alpha=alpha, seed=seed)
+            for textured, base in ((True, 0.9), (False, 0.4)):
+                fake_run(out, mountaincar, dict(eval_success_rate=base - alpha / 4 + seed / 100), textured=textured,
+                         exp_name=f"mountaincar_{'textured' if textured else 'no-textured'}_alpha{alpha:g}",
+                         alpha=alpha, seed=seed)
+        fake_run(out, cartpole, dict(eval_success_rate=1.0), exp_name="cartpole_ground_truth", reward="ground-truth",
+                 seed=seed)
+        for i, task in enumerate(tasks):
+            run_dir = fake_run(out, humanoid, dict(eval_success_rate=i / 10 + seed / 100), task=task, seed=seed,
+                               exp_name="humanoid_" + task.replace("-", "_"))
+            if task == "kneeling":  # ViT-bigG-14: also the model-scale study's largest model
+                kneeling = run_dir
+        fake_run(out, humanoid, dict(eval_success_rate=0.5), exp_name="humanoid_kneeling_stock_camera",
+                 camera="stock", seed=seed)
+        for j, (name, model) in enumerate(models.items()):
+            run_dir = fake_run(out, humanoid, dict(eval_success_rate=0.8 + j / 20 + seed / 100),
+                               exp_name=f"humanoid_kneeling_{name}", clip_model=model, seed=seed)
+            with SummaryWriter(str(run_dir)) as writer:  # the last EPIC distance logged is the one drawn
+                writer.add_scalar("charts/epic_distance", 0.99, 100)
+                writer.add_scalar("charts/epic_distance", 0.5 + j / 10 + seed / 100, 200)
+        with SummaryWriter(str(kneeling)) as writer:
+            writer.add_scalar("charts/epic_distance", 0.2 + seed / 100, 300)
+    # A failed run (no results.json) is left out of the figures.
+    (out / "logs").mkdir()
+    (out / "logs" / "cartpole_alpha0.5_seed3.status").write_text("1\n")
+
+    result = run_all("--summary-only", "--output-dir", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 figures" in result.stdout
+    summary = (out / "summary.md").read_text()
+    for figure in ("success_vs_alpha.png", "humanoid_success_per_task.png", "success_and_epic_vs_model_size.png"):
+        width, height = png_size(out / figure)
+        assert 600 <= width <= 2000 and 400 <= height <= 1000 and (out / figure).stat().st_size > 10_000, figure
+        assert f"]({figure})" in summary, figure
+    assert png_size(out / "success_and_epic_vs_model_size.png")[0] > png_size(out / "success_vs_alpha.png")[0]
+
+    # Each value is drawn at its own run's α, task or model, for its seed, with the mean over seeds.
+    data = read_figure_data(out)
+    alpha_figure = {(series, float(x), seed): v for (figure, _, series, x, seed), v in data.items()
+                    if figure == "success_vs_alpha.png"}
+    for alpha in alphas:
+        for seed in (1, 2):
+            assert alpha_figure["CartPole", alpha, str(seed)] == pytest.approx(alpha / 2 + seed / 100)
+            for series, base in (("MountainCar, textured", 0.9), ("MountainCar, original", 0.4)):
+                assert alpha_figure[series, alpha, str(seed)] == pytest.approx(base - alpha / 4 + seed / 100)
+        assert alpha_figure["CartPole", alpha, "mean"] == pytest.approx(alpha / 2 + 0.015)
+    assert len(alpha_figure) == 3 * 5 * 3  # no ground-truth run, no failed run, no humanoid run
+    for i, task in enumerate(tasks):
+        assert data["humanoid_success_per_task.png", "success rate (pose detector)", "this reproduction", task, "2"] \
+            == pytest.approx(i / 10 + 0.02)
+    assert len([key for key in data if key[0] == "humanoid_success_per_task.png"]) == 8 * 3
+    success = "success rate (pose detector)", "kneeling"
+    epic = "EPIC distance, CLIP reward to pose detector", "kneeling"
+    scale = {key[1:]: v for key, v in data.items() if key[0] == "success_and_epic_vs_model_size.png"}
+    for j, name in enumerate(models):
+        assert scale[(*success, name, "1")] == pytest.approx(0.8 + j / 20 + 0.01)
+        assert scale[(*epic, name, "1")] == pytest.approx(0.5 + j / 10 + 0.01)
+        assert scale[(*epic, name, "mean")] == pytest.approx(0.5 + j / 10 + 0.015)
+    assert scale[(*success, "ViT-bigG-14", "2")] == pytest.approx(0.02)  # Table 1's kneeling run
+    assert scale[(*epic, "ViT-bigG-14", "2")] == pytest.approx(0.22)
+    assert len(scale) == 2 * 4 * 3
+
+
+def test_summary_without_humanoid_runs_draws_no_humanoid_figure(tmp_path):
+    import dqn_clip_cartpole as cartpole
+
+    empty = tmp_path / "empty"
+    (empty / "runs").mkdir(parents=True)
+    result = run_all("--summary-only", "--output-dir", str(empty))
+    assert result.returncode == 0, result.stderr
+    assert not list(empty.glob("*.png")) and "## Figures" not in (empty / "summary.md").read_text()
+
+    out = tmp_path / "out"
+    for alpha in (0.0, 1.0):
+        fake_run(out, cartpole, dict(eval_success_rate=alpha), exp_name=f"cartpole_alpha{alpha:g}", alpha=alpha)
+    result = run_all("--summary-only", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["success_vs_alpha.png"]
+    summary = (out / "summary.md").read_text()
+    assert "](success_vs_alpha.png)" in summary and "humanoid_success" not in summary and "## Humanoid" not in summary
+    assert {key[0] for key in read_figure_data(out)} == {"success_vs_alpha.png"}
