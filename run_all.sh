@@ -149,7 +149,8 @@ for path in sorted(glob.glob(os.path.join(out, "runs", "*", "results.json"))):
         textured=args.get("textured", ""), camera=args.get("camera", ""), seed=args["seed"], steps=res.get("global_step"),
         wall_seconds=round(res.get("wall_seconds", float("nan")), 1),
         success_rate=res.get("eval_success_rate", ""), clip_return=res.get("eval_clip_return", ""),
-        last_frame_clip_reward=res.get("eval_last_frame_clip_reward", ""), status="ok",
+        last_frame_clip_reward=res.get("eval_last_frame_clip_reward", ""),
+        epic_distance=res.get("epic_distance", float("nan")), status="ok",
         git_commit=run["git_commit"], run_dir=os.path.dirname(path)))
 for path in sorted(glob.glob(os.path.join(out, "logs", "*.status"))):
     with open(path) as f:
@@ -167,7 +168,7 @@ if os.path.isfile(names):
             rows.append(dict(experiment=experiment, seed=int(seed), status="missing: no results.json and no exit status "
                              "(still running, or killed: time limit, preemption)"))
 fields = ["experiment", "script", "task", "alpha", "model", "textured", "camera", "seed", "steps", "wall_seconds",
-          "success_rate", "clip_return", "last_frame_clip_reward", "status", "git_commit", "run_dir"]
+          "success_rate", "clip_return", "last_frame_clip_reward", "epic_distance", "status", "git_commit", "run_dir"]
 with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
@@ -276,10 +277,12 @@ if tasks:
          [("success rate (pose detector)", {"this reproduction": points}, {i: table1[t] for i, t in enumerate(tasks)})],
          ticks=tasks, bars=True)
 # Model scale on kneeling: success and the EPIC distance between the CLIP reward and the pose detector's
-# in-pose flag over the last 10,000 steps of training (its last charts/epic_distance: results.json lacks it).
-def last_epic(run_dir):
+# in-pose flag over the last 10,000 steps of training (the last charts/epic_distance, in results.json).
+def epic(run):  # runs older than results.json's epic_distance: the last value in their TensorBoard log
+    if run["epic_distance"] == run["epic_distance"]:  # not NaN
+        return run["epic_distance"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(run_dir, size_guidance={"scalars": 1}).Reload()  # keeps each tag's last value
+    events = EventAccumulator(run["run_dir"], size_guidance={"scalars": 1}).Reload()
     return events.Scalars("charts/epic_distance")[-1].value if "charts/epic_distance" in events.Tags()["scalars"] \
         else float("nan")
 scale = {"RN50": ("humanoid_kneeling_RN50", 0.0), "ViT-L-14": ("humanoid_kneeling_ViT-L-14", 0.0),
@@ -292,7 +295,7 @@ if len(models) > 1:  # the study compares models: one alone is Table 1's kneelin
          [("success rate (pose detector)", {"kneeling": [(i, r["seed"], success(r)) for i, r in scale_runs]},
            {i: scale[m][1] for i, m in enumerate(models)}),
           ("EPIC distance, CLIP reward to pose detector",
-           {"kneeling": [(i, r["seed"], last_epic(r["run_dir"])) for i, r in scale_runs]}, None)], ticks=models)
+           {"kneeling": [(i, r["seed"], epic(r)) for i, r in scale_runs]}, None)], ticks=models)
 if figures:
     lines += ["## Figures", ""] + figures
 with open(os.path.join(out, "figure_data.csv"), "w", newline="") as f:

@@ -12,9 +12,8 @@ flat drawing CLIP cannot tell where the car is and the task fails (`--no-texture
     python sac_clip_mountaincar.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python sac_clip_mountaincar.py --reward ground-truth      # the RL half alone, no CLIP
 
-Read top to bottom: arguments, the environment (paper's changes + the picture-like renderer), the
-CLIP reward, the replay buffer and the queue that batches frames through CLIP, the SAC networks
-(with generalized state-dependent exploration), the reward landscape and evaluation, then the
+Top to bottom: arguments, the environment (the paper's changes and the picture-like renderer), the
+CLIP reward, the replay buffer, SAC (with generalized state-dependent exploration), then the
 training loop.
 """
 
@@ -26,7 +25,6 @@ import random
 import subprocess
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,13 +68,13 @@ class Args:
     alpha: float = 0.0
     """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
     clip_model: str = "ViT-bigG-14"
-    """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14)"""
+    """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14), or an open_clip model config (.json)"""
     clip_pretrained: str = "laion2b_s39b_b160k"
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
     clip_batch_size: int = 256
-    """frames queued before CLIP scores them together, in the background while the envs step (a training phase, every 32 steps by default, also scores whatever is queued)"""
+    """frames that wait before CLIP scores them together (a training phase, every 32 steps by default, also scores whatever waits)"""
     clip_chunk_size: int = 256
     """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
     landscape_points: int = 41
@@ -128,28 +126,15 @@ class Args:
 
 
 # Allowed values of the numeric flags, checked before anything is loaded.
-RANGES = dict(num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)", learning_rate="(0, inf)",
-              buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)", learning_starts="[0, inf)",
-              train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)", ent_coef="[0, inf)",
-              sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)", video_interval="[1, inf)",
-              clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
-
-
-# ==== BEGIN SHARED BLOCK: flag-ranges (identical in every script; tests/test_shared_blocks.py) ====
-def check_ranges(args, ranges: dict):
-    """Stop with one sentence if a numeric flag lies outside its interval, e.g. {"gamma": "[0, 1]"}."""
-    for name, interval in ranges.items():
-        low, high = (float(bound) for bound in interval[1:-1].split(","))
-        value = getattr(args, name)
-        above = low <= value if interval[0] == "[" else low < value
-        below = value <= high if interval[-1] == "]" else value < high
-        if not (above and below):
-            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
-# ==== END SHARED BLOCK: flag-ranges ====
+RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
+              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
+              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
+              ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
+              video_interval="[1, inf)", clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
-# Environment: MountainCarContinuous as the paper set it up, drawn like a picture
+# Environment: MountainCar as the paper set it up, drawn so that CLIP can see where the car is
 # ---------------------------------------------------------------------------------------------
 # ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
 def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
@@ -281,143 +266,42 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         return image.clip(0, 255).astype(np.uint8)
 
 
-# ==== BEGIN SHARED BLOCK: frame-in-info (identical in every script; tests/test_shared_blocks.py) ====
-class FrameInInfo(gym.Wrapper):
-    """Renders the state each step reached and returns it as `info["frame"]`.
-
-    The frame comes from the same call as the transition, so the reward of a transition is always
-    computed from the state it reached (the authors' code rendered after the vector env had
-    auto-reset and scored the next episode's first frame instead). `info["render_seconds"]` lets
-    the training loop account for rendering time in any kind of vector env.
-    """
-
-    def _with_frame(self, info):
-        start = time.perf_counter()
-        frame = self.env.render()
-        return {**info, "frame": frame, "render_seconds": time.perf_counter() - start}
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, self._with_frame(info)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, self._with_frame(info)
-# ==== END SHARED BLOCK: frame-in-info ====
-
-
-def make_env(episode_length: int, frame_size=None, textured: bool = True):
-    """A thunk for the vector env. `frame_size=None`: no frames are rendered (ground-truth reward)."""
-
-    def thunk():
-        env = CLIPMountainCarEnv(frame_size=frame_size or (224, 224), textured=textured)
-        env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
-        if frame_size is not None:
-            env = FrameInInfo(env)
-        return env
-
-    return thunk
+def make_env(episode_length: int, frame_size=(224, 224), textured: bool = True):
+    return lambda: gym.wrappers.TimeLimit(CLIPMountainCarEnv(frame_size, textured), max_episode_steps=episode_length)
 
 
 # ==== BEGIN SHARED BLOCK: clip-reward (identical in every script; tests/test_shared_blocks.py) ====
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def fail(message: str):
-    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
-    raise SystemExit(f"error: {message}")
-
-
-def resolve_clip_model(name: str) -> str:
-    """An open_clip architecture name; a model config file (.json) is registered under its file name."""
-    if not name.endswith(".json"):
-        return name
-    if not os.path.isfile(name):
-        fail(f"--clip-model {name!r}: no such model config file.")
-    open_clip.add_model_config(name)
-    return os.path.splitext(os.path.basename(name))[0]
-
-
-def check_reward_args(args, loads_weights: bool = True):
-    """Check the reward flags before anything expensive is loaded."""
-    if not 0.0 <= args.alpha <= 1.0:
-        fail(f"--alpha must be in [0, 1] (0 = plain cosine similarity, 1 = full projection), got {args.alpha}.")
-    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
-        if not prompts or any(not p.strip() for p in prompts):
-            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
-    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
-        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
-    if args.reward == "ground-truth" or not loads_weights:
-        return
-    args.clip_model = resolve_clip_model(args.clip_model)
-    if args.clip_model not in open_clip.list_models():
-        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; "
-             "use a name from open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, "
-             "or the path of an open_clip model config (.json).")
-    if not os.path.isfile(args.clip_pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(args.clip_model)
-        looks_like_path = os.sep in args.clip_pretrained or args.clip_pretrained.endswith(
-            (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
-        if looks_like_path or args.clip_pretrained not in tags:
-            fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a "
-                 f"pretrained tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
-
-
-def load_clip(model_name: str, pretrained: str, device):
-    """An open_clip model (eval mode, no grads) and its tokenizer, from a tag or a checkpoint file."""
-    if not os.path.isfile(pretrained):
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
-        try:  # download first, apart from building, so that only a download problem reads as one
-            open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
-        except Exception as e:
-            fail(f"could not download the {pretrained!r} weights of {model_name} ({type(e).__name__}): run once "
-                 "where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
-                 "with the path of a local checkpoint file.")
-    try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(model_name)
-    except Exception as e:
-        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        fail(f"--clip-pretrained {pretrained!r} could not be loaded into {model_name}: {first_line}")
-    return model.eval().requires_grad_(False), tokenizer
-
-
 class CLIPReward(nn.Module):
-    """The VLM-RM reward (paper, section 3).
+    """The VLM-RM reward (paper, section 3). `rewards = reward_model(frames)`: uint8 (N, H, W, 3) -> (N,).
 
     s = unit image embedding of a frame, g / b = mean unit text embedding of the goal / baseline
     prompts, d = g - b, P = d dᵀ / ‖d‖², M = α P + (1 - α) I, and
 
         R(s) = 1 - ½ ‖M (s - g)‖²
 
-    With α = 0 and one goal prompt, R = s·g (cosine similarity). With α = 1 only the component of
-    s - g along the baseline-to-goal direction counts.
+    With α = 0 and one goal prompt, R = s·g (cosine similarity); with α = 1 only the part of s - g along
+    the baseline-to-goal direction counts. The rewards are a float32 tensor on the model's device.
     """
 
     def __init__(self, model, tokenizer, goal_prompts, baseline_prompts, alpha: float,
                  device="cpu", chunk_size: int = 256, precision: str = "fp32"):
         super().__init__()
-        self.model, self.device, self.chunk_size = model, torch.device(device), chunk_size
-        self.precision = precision  # of the image encoder's matrix products (autocast); see choose_precision
+        self.model, self.device, self.chunk_size, self.precision = model, torch.device(device), chunk_size, precision
         cfg = open_clip.get_model_preprocess_cfg(model)
-        size = cfg["size"]
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
+        self.image_size = (cfg["size"],) * 2 if isinstance(cfg["size"], int) else tuple(cfg["size"])  # (height, width)
         self.register_buffer("mean", torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1))
-
         if not goal_prompts or not baseline_prompts:  # the mean of no embedding would be NaN
-            fail("the CLIP reward needs at least one goal prompt and one baseline prompt.")
-        goal = self.embed_prompts(tokenizer, goal_prompts)
-        baseline = self.embed_prompts(tokenizer, baseline_prompts)
+            raise SystemExit("error: the CLIP reward needs at least one goal prompt and one baseline prompt.")
+        goal, baseline = self.embed_prompts(tokenizer, goal_prompts), self.embed_prompts(tokenizer, baseline_prompts)
         direction = goal - baseline
         if alpha > 0 and direction.norm() < 1e-6:
-            fail("--prompt and --baseline-prompt give the same embedding, so --alpha > 0 has no direction to "
-                 "project on: choose a baseline that differs from the goal, or --alpha 0.")
+            raise SystemExit("error: --prompt and --baseline-prompt give the same embedding, so --alpha > 0 has no "
+                             "direction to project on: choose a baseline that differs from the goal, or --alpha 0.")
         projection = torch.outer(direction, direction) / direction.norm().clamp_min(1e-12) ** 2
-        identity = torch.eye(len(goal), device=self.device)
         self.register_buffer("goal", goal)
         self.register_buffer("baseline", baseline)
-        self.register_buffer("projection", alpha * projection + (1 - alpha) * identity)  # M (symmetric)
+        self.register_buffer("projection", alpha * projection + (1 - alpha) * torch.eye(len(goal), device=self.device))
 
     @torch.no_grad()
     def embed_prompts(self, tokenizer, prompts) -> torch.Tensor:
@@ -426,243 +310,268 @@ class CLIPReward(nn.Module):
 
     @torch.no_grad()
     def embed_images(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32."""
+        """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32; bf16/fp16 run under autocast."""
         x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
-        if tuple(x.shape[-2:]) != self.image_size:  # frames are normally rendered at this size already
+        if tuple(x.shape[-2:]) != self.image_size:  # the scripts render at this size already
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
-        x = (x - self.mean) / self.std
-        with torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.precision], enabled=self.precision != "fp32"):
-            embeddings = self.model.encode_image(x)
-        return F.normalize(embeddings.float(), dim=-1)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return F.normalize(self.model.encode_image((x - self.mean) / self.std).float(), dim=-1)
 
     def rewards_from_embeddings(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         residual = (image_embeddings - self.goal) @ self.projection
         return 1.0 - 0.5 * residual.pow(2).sum(dim=-1)
 
     @torch.no_grad()
-    def forward(self, frames) -> np.ndarray:
-        """Rewards (N,) for uint8 frames (N, H, W, 3), in CLIP passes of at most `chunk_size` frames
-        (activation memory grows with the frames per pass: a chunk bounds it, whatever N)."""
+    def forward(self, frames) -> torch.Tensor:
+        """In CLIP passes of at most `chunk_size` frames: a pass's activation memory grows with its frames."""
         rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.chunk_size]))
                    for i in range(0, len(frames), self.chunk_size)]
-        return torch.cat(rewards).cpu().numpy() if rewards else np.zeros(0, dtype=np.float32)
+        return torch.cat(rewards) if rewards else torch.zeros(0, device=self.device)
+
+
+def fail(message: str):
+    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_flags(args, ranges: dict, loads_clip: bool):
+    """Before anything expensive: stop with one sentence naming the flag if a numeric flag is outside its
+    interval (e.g. "[0, 1]"), a prompt is empty, or the CLIP model or its weights cannot exist."""
+    for name, interval in ranges.items():
+        low, high, value = *(float(bound) for bound in interval[1:-1].split(",")), getattr(args, name)
+        if not (low <= value if interval[0] == "[" else low < value) or not (
+                value <= high if interval[-1] == "]" else value < high):
+            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
+    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
+        if not prompts or any(not p.strip() for p in prompts):
+            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
+    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
+        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
+    # An episode's CLIP rewards are read from its replay slots at the end of the rollout it ended in.
+    least = args.train_frequency + args.num_envs * args.episode_length
+    if args.reward == "clip" and args.buffer_size < least:
+        fail(f"--buffer-size must hold a rollout and an episode of every env (train-frequency + num-envs x "
+             f"episode-length = {least}) with the CLIP reward, got {args.buffer_size}.")
+    if loads_clip and args.clip_model.endswith(".json"):  # an open_clip model config, known by its file name
+        if not os.path.isfile(args.clip_model):
+            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
+        open_clip.add_model_config(args.clip_model)
+        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
+    if loads_clip and args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
+             "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
+             "open_clip model config (.json).")
+    tags = open_clip.list_pretrained_tags_by_model(args.clip_model) if loads_clip else []
+    if loads_clip and not os.path.isfile(args.clip_pretrained) and args.clip_pretrained not in tags:
+        fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
+             f"tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
 
 
 def choose_precision(flag: str, device) -> str:
-    """`--clip-precision`: `auto` is fp16 autocast on a GPU (as the authors ran CLIP) and fp32 on a CPU.
-
-    A fixed rule, not a measurement, so that two runs with the same flags run the same arithmetic.
-    (benchmarks/throughput.py measures the speed and reward fidelity of each precision.)
-    """
-    precision = flag if flag != "auto" else ("fp16" if torch.device(device).type == "cuda" else "fp32")
+    """`--clip-precision auto` is fp16 autocast on a GPU, as the authors ran CLIP, and fp32 on a CPU: a fixed
+    rule, not a measurement, so that two runs with the same flags run the same arithmetic."""
+    precision = flag if flag != "auto" else "fp16" if torch.device(device).type == "cuda" else "fp32"
     print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
           + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
     return precision
+
+
+def load_clip_reward(args, device) -> CLIPReward:
+    """The reward model of the flags: open_clip weights from a pretrained tag (downloaded once, then cached)
+    or from a checkpoint file."""
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
+    try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
+        if not os.path.isfile(args.clip_pretrained):
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(args.clip_model, args.clip_pretrained))
+    except Exception as e:
+        fail(f"could not download the {args.clip_pretrained!r} weights of {args.clip_model} ({type(e).__name__}): "
+             "run once where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
+             "with the path of a local checkpoint file.")
+    try:
+        model = open_clip.create_model(args.clip_model, pretrained=args.clip_pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(args.clip_model)
+    except Exception as e:
+        fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
+             f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
+    return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt,
+                      args.baseline_prompt, args.alpha, device, args.clip_chunk_size,
+                      choose_precision(args.clip_precision, device))
 # ==== END SHARED BLOCK: clip-reward ====
 
 
-# ==== BEGIN SHARED BLOCK: seeding (identical in every script; tests/test_shared_blocks.py) ====
+# ==== BEGIN SHARED BLOCK: replay-and-logging (identical in every script; tests/test_shared_blocks.py) ====
+class ReplayBuffer:
+    """Transitions in a ring. The reward the agent learns from is NaN until CLIP has scored the frame (a
+    transition sampled too early makes the losses NaN, not silently stale); the environment's reward, the
+    ground truth, is kept beside it for the logs."""
+
+    def __init__(self, size: int, obs_dim: int, action_shape: tuple, action_dtype, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs, self.next_obs = np.zeros((size, obs_dim), np.float32), np.zeros((size, obs_dim), np.float32)
+        self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
+        self.rewards, self.true_rewards = np.full(size, np.nan, np.float32), np.zeros(size, np.float32)
+        self.terminations = np.zeros(size, np.float32)  # 1 only for a true terminal state
+
+    def add(self, obs, next_obs, actions, rewards, true_rewards, terminations) -> np.ndarray:
+        """Store a batch of transitions; returns their slots."""
+        slots = (self.pos + np.arange(len(obs))) % self.size
+        self.obs[slots], self.next_obs[slots], self.actions[slots] = obs, next_obs, actions
+        self.rewards[slots], self.true_rewards[slots], self.terminations[slots] = rewards, true_rewards, terminations
+        self.full, self.pos = self.full or self.pos + len(obs) >= self.size, (self.pos + len(obs)) % self.size
+        return slots
+
+    def sample(self, batch_size: int):
+        idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
+        return tuple(torch.as_tensor(a[idx], device=self.device)
+                     for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
+
+
+def open_writer(run_dir: str, args) -> SummaryWriter:
+    """TensorBoard's writer for the run, with the flags as a table."""
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    return writer
+
+
 def seed_everything(seed: int, torch_deterministic: bool):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = torch_deterministic
-# ==== END SHARED BLOCK: seeding ====
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay buffer, and the queue that scores frames in large CLIP batches
-# ---------------------------------------------------------------------------------------------
-# ==== BEGIN SHARED BLOCK: replay (identical in every script; tests/test_shared_blocks.py) ====
-class ReplayBuffer:
-    """Transitions in a ring; rewards are written later, when their frames have been scored."""
+class RewardBatches:
+    """Frames wait here for CLIP until `batch_size` of them have gathered; then CLIP scores them all at once.
+    `write_to(rb)`, at the end of each rollout (before any training phase), writes the rewards into the
+    replay buffer. (On a GPU the scoring is launched asynchronously, but the next upload to the GPU waits
+    for it: CLIP and the simulation still take turns.)"""
 
-    def __init__(self, size: int, obs_dim: int, action_shape: tuple, action_dtype, device):
-        self.size, self.device, self.pos, self.full = size, device, 0, False
-        self.obs = np.zeros((size, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((size, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
-        self.rewards = np.full(size, np.nan, dtype=np.float32)  # NaN until the frame is scored (see add)
-        self.terminations = np.zeros(size, dtype=np.float32)  # 1 only for a true terminal state
+    def __init__(self, reward_model, batch_size: int):
+        self.reward_model, self.batch_size, self.waiting, self.scored = reward_model, batch_size, [], []
 
-    def add(self, obs, next_obs, actions, terminations) -> np.ndarray:
-        """Store a batch of transitions; returns their slots, for the rewards to come."""
-        slots = (self.pos + np.arange(len(obs))) % self.size
-        self.obs[slots], self.next_obs[slots] = obs, next_obs
-        self.actions[slots], self.terminations[slots] = actions, terminations
-        self.rewards[slots] = np.nan  # until scored: a transition sampled too early makes the losses NaN, not stale
-        self.full = self.full or self.pos + len(obs) >= self.size
-        self.pos = (self.pos + len(obs)) % self.size
-        return slots
+    def add(self, slots, frames):
+        self.waiting.append((slots, frames))
+        if sum(len(s) for s, _ in self.waiting) >= self.batch_size:
+            self.launch()
 
-    def sample(self, batch_size: int):
-        idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
-        as_tensor = lambda a: torch.as_tensor(a[idx], device=self.device)  # noqa: E731
-        return (as_tensor(self.obs), as_tensor(self.actions), as_tensor(self.rewards),
-                as_tensor(self.next_obs), as_tensor(self.terminations))
+    def launch(self):
+        if self.waiting:
+            slots, frames = (np.concatenate(parts) for parts in zip(*self.waiting))
+            self.scored.append((slots, self.reward_model(frames)))
+            self.waiting = []
+
+    def write_to(self, rb):
+        self.launch()
+        for slots, rewards in self.scored:
+            rb.rewards[slots] = rewards.cpu().numpy()
+        self.scored = []
 
 
-class RewardQueue:
-    """Transitions waiting for their reward, so that CLIP scores many frames in one call.
+class Episodes:
+    """Each env's episode so far: its ground-truth return, counted as it happens, and its replay slots, whose
+    CLIP rewards arrive later: a finished episode is logged once they are in (the buffer holds far more than
+    the steps between two training phases). `is_success(ground-truth return)` says what success means here
+    (None: there is no such criterion)."""
 
-    Each entry: replay slot, env index, frame, ground-truth reward, and whether its episode ended
-    there. `submit` hands the queued frames to CLIP as one batch, in a worker thread: the envs keep
-    simulating and rendering while CLIP runs (on the GPU, where it matters most). `collect` waits
-    for every submitted batch, writes the rewards into the buffer, and returns the entries in step
-    order so that episode statistics are accumulated exactly as the steps happened.
-    """
+    def __init__(self, num_envs: int, writer, is_success, uses_clip: bool):
+        self.writer, self.is_success, self.uses_clip = writer, is_success, uses_clip
+        self.true_returns, self.slots = np.zeros(num_envs), [[] for _ in range(num_envs)]
+        self.finished, self.successes = [], deque(maxlen=10)
+        self.epic_distance = float("nan")  # the latest, for results.json
 
-    def __init__(self, reward_model, rb: ReplayBuffer):
-        self.reward_model, self.rb = reward_model, rb
-        self.worker = ThreadPoolExecutor(max_workers=1) if reward_model is not None else None
-        self.in_flight = deque()  # submitted batches, oldest first
-        self.clip_seconds = 0.0  # time CLIP spent scoring, in the worker
-        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
+    def step(self, slots, true_rewards, dones, global_step: int):
+        self.true_returns += true_rewards
+        for i in range(len(slots)):
+            self.slots[i].append(slots[i])
+            if dones[i]:
+                self.finished.append((global_step, self.slots[i], float(self.true_returns[i])))
+                self.slots[i], self.true_returns[i] = [], 0.0
 
-    def __len__(self):
-        return len(self.slots)
-
-    def put(self, slots, frames, true_rewards, episode_ends):
-        self.slots.extend(slots)
-        self.env_ids.extend(range(len(slots)))
-        self.frames.extend(frames if frames is not None else [None] * len(slots))
-        self.true_rewards.extend(true_rewards)
-        self.episode_ends.extend(episode_ends)
-
-    def submit(self):
-        batch = (self.slots, self.env_ids, self.frames, np.asarray(self.true_rewards, dtype=np.float32),
-                 self.episode_ends)
-        self.slots, self.env_ids, self.frames, self.true_rewards, self.episode_ends = [], [], [], [], []
-        self.in_flight.append(self.worker.submit(self.score, *batch) if self.worker else self.score(*batch))
-
-    def score(self, slots, env_ids, frames, true_rewards, episode_ends):
-        if self.reward_model is None:  # ground truth: the environment's own reward
-            self.rb.rewards[slots] = true_rewards
-            return list(zip(env_ids, true_rewards, [np.nan] * len(slots), episode_ends))
-        start = time.perf_counter()
-        clip_rewards = self.reward_model(np.stack(frames))
-        self.clip_seconds += time.perf_counter() - start
-        self.rb.rewards[slots] = clip_rewards
-        return list(zip(env_ids, true_rewards, clip_rewards, episode_ends))
-
-    def collect(self):
-        """Submit what is queued and wait for all batches; returns their entries in step order."""
-        if len(self):
-            self.submit()
-        entries = []
-        while self.in_flight:
-            batch = self.in_flight.popleft()
-            entries.extend(batch.result() if self.worker else batch)
-        return entries
+    def log(self, rb: ReplayBuffer, global_step: int) -> list:
+        """Logs the finished episodes (their rewards must be in rb); returns them as (step, slots, true return)."""
+        for step, slots, true_return in self.finished:
+            self.writer.add_scalar("charts/episodic_return", true_return, step)
+            if self.is_success is not None:
+                self.successes.append(float(self.is_success(true_return)))
+                self.writer.add_scalar("charts/success_rate", self.successes[-1], step)
+            if self.uses_clip:
+                self.writer.add_scalar("charts/episodic_clip_return", rb.rewards[slots].sum(), step)
+                self.writer.add_scalar("charts/last_frame_clip_reward", rb.rewards[slots[-1]], step)
+        logged, self.finished = self.finished, []
+        if self.uses_clip:
+            epic = log_reward_quality(self.writer, rb, global_step)
+            self.epic_distance = epic if np.isfinite(epic) else self.epic_distance
+        return logged
 
 
-def step_envs(envs, obs, actions, rb: ReplayBuffer, queue: RewardQueue, timings: dict, ground_truth: bool = True):
-    """Step every env once, store the transitions, queue their frames, and reset the envs whose
-    episode ended. Returns the observations to act on next.
-
-    The vector env runs with autoreset off, so every step is a real transition: next_obs and the
-    frame belong to the state reached, also at the end of an episode. Termination stops
-    bootstrapping; truncation by the time limit does not. `ground_truth=False`: the environment's
-    reward is no ground truth for the task (the humanoid's), so NaN keeps it out of the logs.
-    """
-    start = time.perf_counter()
-    next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
-    render_seconds = float(infos["render_seconds"].sum()) if "render_seconds" in infos else 0.0
-    timings["simulation"] += time.perf_counter() - start - render_seconds
-    timings["rendering"] += render_seconds
-    episode_ends = terminations | truncations
-    slots = rb.add(obs, next_obs, actions, terminations)
-    queue.put(slots, infos.get("frame"), true_rewards if ground_truth else np.full(len(slots), np.nan), episode_ends)
-    if episode_ends.any():
-        next_obs, reset_infos = envs.reset(options={"reset_mask": episode_ends})
-        timings["rendering"] += float(reset_infos["render_seconds"].sum()) if "render_seconds" in reset_infos else 0.0
-    return next_obs
-# ==== END SHARED BLOCK: replay ====
-
-
-# ==== BEGIN SHARED BLOCK: logging (identical in every script; tests/test_shared_blocks.py) ====
-def write_hyperparameters(writer: SummaryWriter, args):
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in vars(args).items()))
-
-
-class EpisodeStats:
-    """Per-env running sums; a finished episode is logged with its ground-truth and CLIP returns.
-
-    `is_success(ground-truth return) -> bool` says what success means in this environment (None:
-    there is no such criterion). A NaN ground-truth reward means the environment has none.
-    """
-
-    def __init__(self, num_envs: int, is_success, writer: SummaryWriter):
-        self.writer, self.is_success = writer, is_success
-        self.true_return, self.clip_return = np.zeros(num_envs), np.zeros(num_envs)
-        self.successes = deque(maxlen=10)  # for the console and the learning criterion
-        self.recent_pairs = deque(maxlen=10_000)  # (clip, ground-truth) rewards for the correlation
-
-    def add(self, entries, global_step: int):
-        for env_id, true_reward, clip_reward, episode_end in entries:
-            self.true_return[env_id] += true_reward
-            self.clip_return[env_id] += clip_reward
-            if not (np.isnan(clip_reward) or np.isnan(true_reward)):
-                self.recent_pairs.append((clip_reward, true_reward))
-            if episode_end:
-                if not np.isnan(true_reward):
-                    self.writer.add_scalar("charts/episodic_return", self.true_return[env_id], global_step)
-                if self.is_success is not None:
-                    success = float(self.is_success(self.true_return[env_id]))
-                    self.successes.append(success)
-                    self.writer.add_scalar("charts/success_rate", success, global_step)
-                if not np.isnan(clip_reward):
-                    self.writer.add_scalar("charts/episodic_clip_return", self.clip_return[env_id], global_step)
-                    self.writer.add_scalar("charts/last_frame_clip_reward", clip_reward, global_step)
-                self.true_return[env_id] = self.clip_return[env_id] = 0.0
-        pairs = np.array(self.recent_pairs)
-        if len(pairs) > 1 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0:
-            correlation = np.corrcoef(pairs.T)[0, 1]
-            self.writer.add_scalar("charts/reward_correlation", correlation, global_step)
-            # The paper's EPIC distance to the ground truth: for rewards of the reached state alone it is
-            # sqrt((1 - ρ) / 2) (0: the same ordering of states, 1: reversed), here over the visited states.
-            self.writer.add_scalar("charts/epic_distance", np.sqrt((1 - correlation) / 2), global_step)
-
-
-def log_training_phase(writer: SummaryWriter, losses: dict, timings: dict, global_step: int, start_time: float) -> int:
-    """Losses of the last gradient step, steps per second and the time spent in each phase; returns SPS."""
-    for name, value in losses.items():
-        writer.add_scalar(f"losses/{name}", value, global_step)
-    sps = int(global_step / (time.time() - start_time))
-    writer.add_scalar("charts/SPS", sps, global_step)
-    for phase, seconds in timings.items():
-        writer.add_scalar(f"time/{phase}_seconds", seconds, global_step)
-    return sps
+def log_reward_quality(writer, rb: ReplayBuffer, step: int, window: int = 10_000) -> float:
+    """Correlation ρ of the learned reward with the ground truth over the latest transitions, and the paper's
+    EPIC distance sqrt((1 - ρ) / 2): for rewards of the reached state, over the visited states (0: the same
+    ordering of states, 1: reversed). Logged once the ground truth has varied; returns the distance (or NaN)."""
+    recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
+    rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
+    if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:
+        return float("nan")
+    correlation = np.corrcoef(rewards, truth)[0, 1]
+    writer.add_scalar("charts/reward_correlation", correlation, step)
+    writer.add_scalar("charts/epic_distance", np.sqrt((1 - correlation) / 2), step)
+    return float(np.sqrt((1 - correlation) / 2))
 
 
 def write_results(run_dir: str, args, final: dict):
-    """`results.json` in the run folder: the flags, the final figures and the code's git commit.
-
-    run_all.sh builds its summary table from these files, so it can be rebuilt from run folders.
-    """
+    """`results.json`: the flags, the final figures and the code's git commit (run_all.sh's summary reads it)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
-    except OSError:  # no git
+    except OSError:  # no git on this machine
         commit = ""
     figures = {key: value for key, value in final.items() if value is None or isinstance(value, (int, float, str))}
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({"script": os.path.basename(__file__), "args": vars(args), "results": figures,
                    "git_commit": commit or "unknown"}, f, indent=1, default=str)
-# ==== END SHARED BLOCK: logging ====
+
+
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """The paper's figure 2: the CLIP reward along a path of states, the ground truth's goal region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set(xlabel=xlabel, ylabel="CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def save_video(frames, clip_rewards, path: str):
+    """An animated GIF of the frames, each with its CLIP reward written on it."""
+    from PIL import Image, ImageDraw
+
+    images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
+    for t, image in enumerate(images):
+        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+# ==== END SHARED BLOCK: replay-and-logging ====
 
 
 # ---------------------------------------------------------------------------------------------
-# SAC networks: twin soft Q-functions and a squashed Gaussian actor with state-dependent noise
+# SAC
 # ---------------------------------------------------------------------------------------------
 # ==== BEGIN SHARED BLOCK: sac (identical in every script; tests/test_shared_blocks.py) ====
 class ScaleToUnit(nn.Module):
-    """Maps bounded observations from their bounds to [-1, 1]; unbounded ones pass unchanged.
-
-    MountainCar's velocity (±0.07) would otherwise be invisible next to its position (-1.2..0.6),
-    and pushing along the velocity is what climbs the hill.
-    """
+    """Maps bounded observations from their bounds to [-1, 1]; unbounded ones pass unchanged (MountainCar's
+    velocity, ±0.07, would otherwise be invisible next to its position, -1.2..0.6)."""
 
     def __init__(self, observation_space):
         super().__init__()
@@ -675,16 +584,17 @@ class ScaleToUnit(nn.Module):
         return (obs - self.centre) / self.half_range
 
 
+def mlp(inputs: int, hidden_size: int, outputs: int | None = None) -> nn.Sequential:
+    """Two ReLU layers of hidden_size (then a linear layer to `outputs`, if given)."""
+    layers = [nn.Linear(inputs, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU()]
+    return nn.Sequential(*layers, *([nn.Linear(hidden_size, outputs)] if outputs else []))
+
+
 class SoftQNetwork(nn.Module):
     def __init__(self, observation_space, action_dim: int, hidden_size: int):
         super().__init__()
-        obs_dim = observation_space.shape[0]
         self.scale = ScaleToUnit(observation_space)
-        self.network = nn.Sequential(
-            nn.Linear(obs_dim + action_dim, hidden_size), nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-            nn.Linear(hidden_size, 1),
-        )
+        self.network = mlp(observation_space.shape[0] + action_dim, hidden_size, 1)
 
     def forward(self, obs, actions):
         return self.network(torch.cat([self.scale(obs), actions], dim=1)).squeeze(1)
@@ -706,57 +616,44 @@ class Actor(nn.Module):
 
     def __init__(self, observation_space, action_space, hidden_size: int, sde: bool, log_std_init: float):
         super().__init__()
-        obs_dim, action_dim = observation_space.shape[0], int(np.prod(action_space.shape))
-        self.sde = sde
-        self.trunk = nn.Sequential(ScaleToUnit(observation_space), nn.Linear(obs_dim, hidden_size), nn.ReLU(),
-                                   nn.Linear(hidden_size, hidden_size), nn.ReLU())
+        action_dim, self.sde = int(np.prod(action_space.shape)), sde
+        self.trunk = nn.Sequential(ScaleToUnit(observation_space), *mlp(observation_space.shape[0], hidden_size))
         self.mean = nn.Linear(hidden_size, action_dim)
-        if sde:
-            self.log_std = nn.Parameter(torch.full((hidden_size, action_dim), log_std_init))  # log σ_W
-        else:
-            self.log_std = nn.Linear(hidden_size, action_dim)
-        self.register_buffer("action_scale", torch.tensor((action_space.high - action_space.low) / 2.0,
-                                                          dtype=torch.float32))
-        self.register_buffer("action_bias", torch.tensor((action_space.high + action_space.low) / 2.0,
-                                                         dtype=torch.float32))
+        self.log_std = (nn.Parameter(torch.full((hidden_size, action_dim), log_std_init)) if sde  # log σ_W
+                        else nn.Linear(hidden_size, action_dim))
+        low, high = (torch.as_tensor(bound, dtype=torch.float32) for bound in (action_space.low, action_space.high))
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
 
     def sample_exploration(self, *batch_shape) -> torch.Tensor:
         """Standard normal ε for gSDE's weights W = σ_W ⊙ ε: (*batch_shape, hidden, action_dim)."""
         return torch.randn(*batch_shape, *self.log_std.shape, device=self.log_std.device)
 
-    def mean_action(self, obs):
-        """The deterministic action (evaluation): draws no noise, so it leaves the random streams of
-        training untouched (an evaluation must not change the run it evaluates)."""
-        mean = self.mean(self.trunk(obs))
-        if self.sde:
-            mean = mean.clamp(-2.0, 2.0)
-        return torch.tanh(mean) * self.action_scale + self.action_bias
-
-    def forward(self, obs, exploration=None):
-        """Returns (action, log π(action | obs)), the action sampled.
+    def forward(self, obs, exploration=None, deterministic: bool = False):
+        """Returns (action, log π(action | obs)), the action sampled; `deterministic`: the mean action, which
+        draws no random numbers (an evaluation must not change the run it evaluates), and no log π.
 
         `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
         draws a fresh one shared by the whole batch (in a gradient step, the target's and the actor's
         actions each draw one; SB3 draws one per gradient step and shares it).
         """
         features = self.trunk(obs)
-        mean = self.mean(features)
+        mean = self.mean(features).clamp(-2.0, 2.0) if self.sde else self.mean(features)  # SB3's clip_mean
+        if deterministic:
+            return torch.tanh(mean) * self.action_scale + self.action_bias, None
         if self.sde:
-            mean = mean.clamp(-2.0, 2.0)  # keeps tanh away from saturation (SB3's clip_mean)
             phi, sigma_w = features.detach(), self.log_std.exp()
             eps = self.sample_exploration() if exploration is None else exploration
             noise = (phi.unsqueeze(-2) @ (sigma_w * eps)).squeeze(-2)
             std = (phi.pow(2) @ sigma_w.pow(2) + 1e-6).sqrt()
         else:
-            log_std = torch.tanh(self.log_std(features))
-            std = (LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)).exp()
+            std = (LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.log_std(features)) + 1)).exp()
             noise = std * torch.randn_like(mean)
         u = mean + noise
         squashed = torch.tanh(u)
-        log_prob = torch.distributions.Normal(mean, std).log_prob(u)
         # Change of variables through tanh. The density is that of the action in [-1, 1], before scaling
         # to the bounds (as SB3), so the entropy target -action_dim means the same in every env.
-        log_prob -= torch.log(1 - squashed.pow(2) + 1e-6)
+        log_prob = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - squashed.pow(2) + 1e-6)
         return squashed * self.action_scale + self.action_bias, log_prob.sum(dim=-1)
 
 
@@ -768,7 +665,7 @@ class SoftActorCritic:
 
     def __init__(self, observation_space, action_space, args, device):
         action_dim = int(np.prod(action_space.shape))
-        self.gamma, self.tau = args.gamma, args.tau
+        self.gamma, self.tau, self.autotune, self.ent_coef = args.gamma, args.tau, args.autotune, args.ent_coef
         self.actor = Actor(observation_space, action_space, args.hidden_size, args.sde, args.log_std_init).to(device)
         self.qf1, self.qf2, self.qf1_target, self.qf2_target = (
             SoftQNetwork(observation_space, action_dim, args.hidden_size).to(device) for _ in range(4))
@@ -776,14 +673,10 @@ class SoftActorCritic:
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.learning_rate)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
-        self.autotune = args.autotune
-        if args.autotune:
-            self.target_entropy = -float(action_dim)
+        if args.autotune:  # SB3's "auto": the coefficient starts at 1 and is tuned towards entropy -action_dim
+            self.target_entropy, self.ent_coef = -float(action_dim), 1.0
             self.log_ent_coef = torch.zeros(1, requires_grad=True, device=device)
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=args.learning_rate)
-            self.ent_coef = 1.0
-        else:
-            self.ent_coef = args.ent_coef
 
     @torch.no_grad()
     def td_target(self, rewards, next_obs, terminations):
@@ -830,134 +723,85 @@ class SoftActorCritic:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward landscape (the paper's figure 2) and deterministic evaluation
+# Reward landscape (the paper's figure 2) and evaluation
 # ---------------------------------------------------------------------------------------------
 def landscape_frames(frame_size, positions, textured: bool):
-    """Frames of the car at rest at each position along the track."""
-    env = CLIPMountainCarEnv(frame_size=frame_size, textured=textured)
-    env.reset(seed=0)
-    frames, at_goal = [], []
+    """Frames of the car at rest at each position along the track, and which are at the flag."""
+    env, frames, at_goal = CLIPMountainCarEnv(frame_size, textured), [], []
     for position in positions:
         env.set_state(float(position))
         frames.append(env.render())
         at_goal.append(env.at_goal)
-    env.close()
     return np.stack(frames), np.array(at_goal)
 
 
-def evaluate(actor, reward_model, args, device, episodes: int, frame_size, seed: int):
-    """Deterministic episodes (mean action). Returns per-episode success, returns and the frames."""
-    env = make_env(args.episode_length, frame_size, args.textured)()
+def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
+    """Deterministic episodes (the mean action): per episode its success, returns, and frames and CLIP rewards."""
+    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
+                   args.textured)()
     results = []
     for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
+        obs, _ = env.reset(seed=seed + episode)
         frames, true_return, done = [], 0.0, False
         while not done:
             with torch.no_grad():
-                action = actor.mean_action(torch.as_tensor(obs, device=device)[None])[0].cpu().numpy()
-            obs, reward, terminated, truncated, info = env.step(action)
-            true_return += reward
-            if frame_size is not None:
-                frames.append(info["frame"])
-            done = terminated or truncated
-        clip_rewards = reward_model(np.stack(frames)) if reward_model is not None else None
+                action = actor(torch.as_tensor(obs, device=device)[None], deterministic=True)[0][0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            true_return, done = true_return + reward, terminated or truncated
+            if reward_model is not None or args.capture_video:
+                frames.append(env.render())
+        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
         results.append(dict(success=float(true_return > 0), true_return=true_return,
                             clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
                             frames=frames, clip_rewards=clip_rewards))
-    env.close()
     return results
-
-
-
-# ==== BEGIN SHARED BLOCK: landscape-plot (identical in every script; tests/test_shared_blocks.py) ====
-def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
-    """CLIP reward against a state variable, with the ground-truth goal region shaded; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if in_goal.any():
-        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
-    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("CLIP reward")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-# ==== END SHARED BLOCK: landscape-plot ====
-
-
-# ==== BEGIN SHARED BLOCK: video (identical in every script; tests/test_shared_blocks.py) ====
-def save_video(frames, clip_rewards, path: str):
-    """An animated GIF of the frames with the CLIP reward of each written on it."""
-    from PIL import Image, ImageDraw
-
-    images = []
-    for t, frame in enumerate(frames):
-        image = Image.fromarray(frame).resize((frame.shape[1] * 2, frame.shape[0] * 2), Image.NEAREST)
-        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
-        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
-        images.append(image)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
-# ==== END SHARED BLOCK: video ====
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
-    """Train; returns final figures. `reward_model` replaces the one built from the flags (tests)."""
-    check_ranges(args, RANGES)
-    check_reward_args(args, loads_weights=reward_model is None)
-    run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
+    check_flags(args, RANGES, loads_clip=args.reward == "clip" and reward_model is None)
+    run_dir = os.path.join(args.output_dir, f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}")
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    # The reward model: text embeddings once, then the reward landscape of the prompt.
     if args.reward == "clip" and reward_model is None:
-        model, tokenizer = load_clip(args.clip_model, args.clip_pretrained, device)
-        reward_model = CLIPReward(model, tokenizer, args.prompt, args.baseline_prompt, args.alpha, device=device,
-                                  chunk_size=args.clip_chunk_size, precision=choose_precision(args.clip_precision, device))
-    writer = SummaryWriter(run_dir)
-    write_hyperparameters(writer, args)
-    frame_size = reward_model.image_size if reward_model is not None else None
-    if reward_model is not None:
+        reward_model = load_clip_reward(args, device)
+    uses_clip = reward_model is not None
+    frame_size = reward_model.image_size if uses_clip else (224, 224)
+    writer = open_writer(run_dir, args)
+
+    if uses_clip:  # the reward landscape: does the prompt rank the car at the flag above the car elsewhere?
         positions = np.linspace(-1.2, 0.6, args.landscape_points)
         frames, at_goal = landscape_frames(frame_size, positions, args.textured)
-        rewards = reward_model(frames)
-        fig = plot_reward_landscape(positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
-                                    f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
-                                    os.path.join(run_dir, "reward_landscape.png"))
-        writer.add_figure("reward_landscape", fig)
+        rewards = reward_model(frames).cpu().numpy()
+        writer.add_figure("reward_landscape", plot_reward_landscape(
+            positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
+            f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
+            os.path.join(run_dir, "reward_landscape.png")))
         gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
         writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
         print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work)")
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.episode_length, frame_size, args.textured) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
+    # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
+    # env had auto-reset, and scored the next episode's first frame instead.)
+    envs = gym.vector.SyncVectorEnv([make_env(args.episode_length, frame_size, args.textured)
+                                     for _ in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     agent = SoftActorCritic(observation_space, action_space, args, device)
     actor = agent.actor  # acts in the envs; agent.update trains it
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
     is_success = lambda true_return: true_return > 0  # noqa: E731  (the car reached the flag)
-    queue, stats = RewardQueue(reward_model, rb), EpisodeStats(args.num_envs, is_success, writer)
-    timings = dict(simulation=0.0, rendering=0.0, clip=0.0, updates=0.0)
-    start_time, global_step, updates_done, next_video = time.time(), 0, 0, 0
-    losses = {}
 
-    def collect_rewards():
-        stats.add(queue.collect(), global_step)
-        timings["clip"] = queue.clip_seconds
+    rewards_to_come = RewardBatches(reward_model, args.clip_batch_size)  # frames waiting for CLIP
+    episodes = Episodes(args.num_envs, writer, is_success, uses_clip)
 
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     exploration = actor.sample_exploration(args.num_envs) if args.sde else None
+    start_time, global_step, rollouts_done, updates_done, next_video, losses = time.time(), 0, 0, 0, 0, {}
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
@@ -966,65 +810,67 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
             with torch.no_grad():
                 actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
-        obs = step_envs(envs, obs, actions, rb, queue, timings)
+        next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
+        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards, terminations)
+        if uses_clip:
+            rewards_to_come.add(slots, np.stack(envs.call("render")))  # the frames of the states reached
         global_step += args.num_envs
-        if len(queue) >= args.clip_batch_size:
-            queue.submit()  # CLIP scores these frames in the background while the envs keep stepping
-            if len(queue.in_flight) > 2:  # CLIP is behind: wait, so that frames do not pile up in memory
-                collect_rewards()
+        dones = terminations | truncations
+        episodes.step(slots, true_rewards, dones, global_step)
+        obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
 
-        # Training phases: gradient-steps updates each time the step count passes a multiple of train-frequency
-        # after learning starts (as SB3's rollouts end), counted in transitions so that the updates per
-        # transition do not depend on --num-envs.
-        updates_owed = args.gradient_steps * max(global_step // args.train_frequency
-                                                 - args.learning_starts // args.train_frequency, 0)
+        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do): CLIP's
+        # rewards are written into the buffer and the finished episodes logged. After learning starts, each
+        # rollout is followed by a training phase of gradient-steps updates (counted in transitions, so that the
+        # updates per transition do not depend on --num-envs).
+        if global_step // args.train_frequency > rollouts_done:
+            rollouts_done = global_step // args.train_frequency
+            rewards_to_come.write_to(rb)  # every stored transition has its reward before sampling
+            episodes.log(rb, global_step)
+        updates_owed = args.gradient_steps * max(rollouts_done - args.learning_starts // args.train_frequency, 0)
         if updates_owed - updates_done >= args.gradient_steps:
-            collect_rewards()  # every stored transition has its reward before sampling
-            start = time.perf_counter()
             for _ in range(updates_owed - updates_done):
                 losses = agent.update(*rb.sample(args.batch_size))
             updates_done = updates_owed
-            timings["updates"] += time.perf_counter() - start
-            sps = log_training_phase(writer, losses, timings, global_step, start_time)
+            sps = int(global_step / (time.time() - start_time))
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
             if args.sde:
                 writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
             if global_step % 1000 < args.train_frequency:
-                recent = f"{np.mean(stats.successes):.2f}" if stats.successes else "-"
+                recent = f"{np.mean(episodes.successes):.2f}" if episodes.successes else "-"
                 print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
                       f"success (last 10 episodes) {recent}")
 
         if args.capture_video and global_step >= next_video:
-            episode = evaluate(actor, reward_model, args, device, 1, frame_size or (224, 224), args.seed)[0]
-            os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
+            episode = evaluate(actor, reward_model, args, device, 1, args.seed)[0]
             save_video(episode["frames"], episode["clip_rewards"],
                        os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
             next_video += args.video_interval
-    collect_rewards()
+    rewards_to_come.write_to(rb)
+    episodes.log(rb, global_step)
     envs.close()
-    loop_seconds = time.time() - start_time  # training only: the final evaluation is not in the SPS
+    sps = global_step / (time.time() - start_time)  # training only: the final evaluation is not in the SPS
 
-    results = evaluate(actor, reward_model, args, device, args.eval_episodes, frame_size, args.seed + 10_000)
+    results = evaluate(actor, reward_model, args, device, args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
-    final = dict(
-        eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
-        train_success_rate_last10=float(np.mean(stats.successes)) if stats.successes else float("nan"),
-        **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir,
-        replay_buffer=rb, sps=global_step / loop_seconds, wall_seconds=time.time() - start_time,
-        timings=timings, precision=getattr(reward_model, "precision", None),
-    )
-    if results:
-        writer.add_scalar("eval/success_rate", final["eval_success_rate"], global_step)
-        writer.add_scalar("eval/episodic_return", final["eval_episodic_return"], global_step)
-        if reward_model is not None:
-            writer.add_scalar("eval/clip_return", final["eval_clip_return"], global_step)
+    final = dict(eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"),
+                 eval_clip_return=mean("clip_return"),
+                 train_success_rate_last10=np.mean(episodes.successes) if episodes.successes else np.nan, **losses,
+                 global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
+                 wall_seconds=time.time() - start_time, epic_distance=episodes.epic_distance,
+                 precision=reward_model.precision if uses_clip else None)
+    for key in ("success_rate", "episodic_return", "clip_return") if results else ():
+        if key != "clip_return" or uses_clip:
+            writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], global_step)
     if args.save_model:
-        model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
-        torch.save(agent.state_dict(), model_path)
-        final["model_path"] = model_path
-        print(f"model saved to {model_path}")
+        final["model_path"] = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save(agent.state_dict(), final["model_path"])
+        print(f"model saved to {final['model_path']}")
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
-    write_results(run_dir, final=final, args=args)
+    write_results(run_dir, args, final)
     writer.close()
     return final
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 import open_clip
 import torch
@@ -67,7 +68,10 @@ def load_script(name: str):
 
 
 def build_reward(module, args, device):
-    name = module.resolve_clip_model(args.clip_model)
+    name = args.clip_model
+    if name.endswith(".json"):  # an open_clip model config, known by its file name (as the scripts do)
+        open_clip.add_model_config(name)
+        name = os.path.splitext(os.path.basename(name))[0]
     model = open_clip.create_model(name, device=device).eval().requires_grad_(False)
     defaults = module.Args()
     # The humanoid's default prompt is its --task's (an empty tuple stands for it).
@@ -82,19 +86,49 @@ def sync(device):
 
 
 def measure_rendering(module, frame_size, args):
-    """Frames per second of one env (step + render) and of `num_envs` envs in the vector env."""
+    """One env: the frames it renders, frames per second (rendering alone) and steps per second (simulation
+    alone, without rendering)."""
     env = module.make_env(50, frame_size)()
     env.reset(seed=0)
-    start = time.perf_counter()
-    rendered = []
+    rendered, simulation, rendering = [], 0.0, 0.0
     for _ in range(args.frames):
-        _, _, terminated, truncated, info = env.step(env.action_space.sample())
-        rendered.append(info["frame"])
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        middle = time.perf_counter()
+        rendered.append(env.render())
+        simulation, rendering = simulation + middle - start, rendering + time.perf_counter() - middle
         if terminated or truncated:
             env.reset()
-    per_env = args.frames / (time.perf_counter() - start)
     env.close()
-    return np.stack(rendered), per_env
+    return np.stack(rendered), args.frames / rendering, args.frames / simulation
+
+
+def measure_updates(module, device, count: int = 20) -> float:
+    """Gradient steps per second of the script's update with its default network and batch sizes."""
+    defaults = module.Args()
+    env = module.make_env(50)()
+    obs_dim, action_space = env.observation_space.shape[0], env.action_space
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    rb = module.ReplayBuffer(1000, obs_dim, action_space.shape, np.int64 if discrete else np.float32, device)
+    for _ in range(1000 // 10):
+        actions = np.array([action_space.sample() for _ in range(10)])
+        rb.add(np.random.randn(10, obs_dim), np.random.randn(10, obs_dim), actions, np.random.rand(10), 0.0, 0.0)
+    if discrete:  # DQN
+        q_network = module.QNetwork(obs_dim, action_space.n, defaults.hidden_size).to(device)
+        target, optimizer = module.QNetwork(obs_dim, action_space.n, defaults.hidden_size).to(device), \
+            torch.optim.Adam(q_network.parameters(), lr=defaults.learning_rate)
+        update = lambda: module.dqn_update(q_network, target, optimizer, rb.sample(defaults.batch_size),  # noqa: E731
+                                           defaults.gamma, defaults.max_grad_norm)
+    else:  # SAC
+        agent = module.SoftActorCritic(env.observation_space, action_space, defaults, device)
+        update = lambda: agent.update(*rb.sample(defaults.batch_size))  # noqa: E731
+    update()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        update()
+    sync(device)
+    return count / (time.perf_counter() - start)
 
 
 def measure_clip(reward_model, frames, device):
@@ -196,7 +230,7 @@ def measure_fidelity(reward_model, frames, device, precisions=("fp32", "bf16", "
 
 
 def measure_training(module, reward_model, args, folder):
-    """The real loop: steps per second, the share of each phase, and updates per second.
+    """The real loop's steps per second.
 
     The script's updates per transition (gradient-steps / train-frequency) are kept, in phases short
     enough that several fit in the second half of the run (the paper's phases are 1,600 to 3,200 transitions).
@@ -214,18 +248,16 @@ def measure_training(module, reward_model, args, folder):
     run_args = module.Args(**settings)
     start = time.perf_counter()
     result = module.main(run_args, reward_model=reward_model)
-    wall = time.perf_counter() - start
-    loop_seconds = result["global_step"] / result["sps"]  # the training loop, without the final evaluation
-    shares = {phase: seconds / loop_seconds for phase, seconds in result["timings"].items()}
-    return dict(sps=result["sps"], wall_seconds=wall, phase_share=shares,
-                updates_per_second=result["gradient_steps_done"] / max(result["timings"]["updates"], 1e-9))
+    return dict(sps=result["sps"], wall_seconds=time.perf_counter() - start,
+                updates_per_transition=updates / phase)
 
 
 def main(args: Args) -> dict:
     module = load_script(args.script)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     reward_model = build_reward(module, args, device)
-    frames, render_fps = measure_rendering(module, reward_model.image_size, args)
+    frames, render_fps, simulation_sps = measure_rendering(module, reward_model.image_size, args)
+    updates_per_second = measure_updates(module, device)
     fidelity = measure_fidelity(reward_model, frames, device)
     reward_model.precision = args.precision
     clip_fps, flops_per_frame = measure_clip(reward_model, frames, device)
@@ -233,14 +265,19 @@ def main(args: Args) -> dict:
     peak = next((p[args.precision] for key, p in PEAK_TFLOPS.items() if key in device_name), None)
     with tempfile.TemporaryDirectory() as folder:
         training = measure_training(module, reward_model, args, folder)
+    # Seconds per transition of each phase, each measured alone: their shares of a loop that runs them one
+    # after the other, as the scripts do (they keep no timers themselves).
+    seconds = dict(simulation=1 / simulation_sps, rendering=1 / render_fps, clip=1 / clip_fps,
+                   updates=training["updates_per_transition"] / updates_per_second)
+    phase_share = {phase: value / sum(seconds.values()) for phase, value in seconds.items()}
     figures = dict(
         settings=asdict(args), device=device_name, torch_threads=torch.get_num_threads(),
         render_fps_per_env=render_fps, render_fps_total=render_fps * args.num_envs,
         clip_fps=clip_fps, clip_gflop_per_frame=flops_per_frame / 1e9,
         clip_tflops_achieved=clip_fps * flops_per_frame / 1e12, device_peak_tflops=peak,
         clip_fraction_of_peak=(clip_fps * flops_per_frame / 1e12 / peak) if peak else None,
-        updates_per_second=training["updates_per_second"], end_to_end_sps=training["sps"],
-        end_to_end_over_clip_only=training["sps"] / clip_fps, phase_share=training["phase_share"],
+        simulation_sps_per_env=simulation_sps, updates_per_second=updates_per_second, end_to_end_sps=training["sps"],
+        end_to_end_over_clip_only=training["sps"] / clip_fps, phase_share=phase_share,
         fidelity=fidelity,
     )
     print(f"{args.script}, {args.clip_model} ({figures['clip_gflop_per_frame']:.1f} GFLOP/frame), {args.precision}, "
@@ -250,11 +287,12 @@ def main(args: Args) -> dict:
                          ("CLIP, frames/s (preprocessing included)", f"{clip_fps:.1f}"),
                          ("CLIP, achieved TFLOP/s", f"{figures['clip_tflops_achieved']:.3f}"),
                          ("CLIP, share of device peak", f"{figures['clip_fraction_of_peak']:.0%}" if peak else "peak unknown"),
-                         ("updates/s", f"{training['updates_per_second']:.0f}"),
+                         ("simulation, steps/s per env (no rendering)", f"{simulation_sps:.0f}"),
+                         ("updates/s", f"{updates_per_second:.0f}"),
                          ("end-to-end steps/s", f"{training['sps']:.1f}"),
                          ("end-to-end / CLIP-only", f"{figures['end_to_end_over_clip_only']:.0%}")]:
         print(f"| {label} | {value} |")
-    print("| phase share of the loop | " + ", ".join(f"{k} {v:.0%}" for k, v in training["phase_share"].items()) + " |")
+    print("| phase share (each phase timed alone) | " + ", ".join(f"{k} {v:.0%}" for k, v in phase_share.items()) + " |")
     for precision, row in fidelity.items():
         print(f"| fidelity {precision} | cosine min {row['cosine_min']:.6f}, reward error {row['max_reward_error']:.2e} "
               f"= {row['error_over_spread']:.0%} of spread {row['reward_spread']:.2e}, Spearman {row['spearman']:.2f}, "

@@ -170,11 +170,90 @@ class CarPositionEncoder(StandInEncoder):
         return (np.pi * (0.45 - position) / self.span).clamp(0, np.pi)
 
 
+def empty_humanoid_scene(size):
+    """A frame of the humanoid's scene at `size` (height, width) without the robot (moved 100 m to its side).
+
+    The paper's camera is fixed in the world, so this is the background of every frame of that size.
+    """
+    env = humanoid.CLIPHumanoidEnv(frame_size=size)
+    env.reset(seed=0)
+    qpos = env.init_qpos.copy()
+    qpos[1] = 100.0
+    env.set_state(qpos, np.zeros(env.model.nv))
+    frame = env.render()
+    env.close()
+    return frame
+
+
+class RobotPixelsEncoder(StandInEncoder):
+    """A stand-in that sees the humanoid's pixels: those that differ from the empty scene (the camera is fixed)."""
+
+    def __init__(self, size=(64, 64)):
+        super().__init__(size)
+        self.register_buffer("background", torch.tensor(empty_humanoid_scene(size).copy()).permute(2, 0, 1).float())
+
+    def robot(self, pixels):
+        """(N, H, W) mask of the robot's pixels."""
+        return (pixels - self.background).abs().sum(1) > 30  # summed over the colour channels, 0..255 each
+
+
+class HighestPixelEncoder(RobotPixelsEncoder):
+    """Sees the humanoid's highest pixel: φ = π (top - goal) / span clipped to [0, π], `top` the row of the
+    robot's highest pixel as a fraction of the frame's height (0 at the top edge, 1 below the frame)."""
+
+    goal_word = "standing"
+
+    def __init__(self, size=(64, 64), goal=0.15, span=0.3):
+        super().__init__(size)
+        self.goal, self.span = goal, span
+
+    def top(self, pixels):
+        robot = self.robot(pixels)
+        rows = torch.arange(robot.shape[1], dtype=torch.float32).view(1, -1, 1)
+        return torch.where(robot, rows, float(robot.shape[1])).amin((1, 2)) / robot.shape[1]
+
+    def angle(self, pixels):
+        return (np.pi * (self.top(pixels) - self.goal) / self.span).clamp(0, np.pi)
+
+
+class ArmSpanEncoder(RobotPixelsEncoder):
+    """Sees how wide the humanoid is: φ = π (goal - width) / span clipped to [0, π], `width` the span of the
+    robot's pixels from its leftmost to its rightmost column, as a fraction of the frame's width."""
+
+    goal_word = "stretched"
+
+    def __init__(self, size=(64, 64), goal=0.4, span=0.25):
+        super().__init__(size)
+        self.goal, self.span = goal, span
+
+    def width(self, pixels):
+        robot = self.robot(pixels)
+        columns = torch.arange(robot.shape[2], dtype=torch.float32).view(1, 1, -1)
+        left = torch.where(robot, columns, float(robot.shape[2])).amin((1, 2))
+        right = torch.where(robot, columns, -1.0).amax((1, 2))
+        return (right - left + 1).clamp_min(0) / robot.shape[2]
+
+    def angle(self, pixels):
+        return (np.pi * (self.goal - self.width(pixels)) / self.span).clamp(0, np.pi)
+
+
 @pytest.fixture
 def pole_tilt_reward():
     encoder = PoleTiltEncoder()
     return cartpole.CLIPReward(encoder, encoder.tokenizer, ("pole vertically upright on top of the cart",),
                                ("pole and cart",), alpha=0.0)
+
+
+def capture_buffers(module, monkeypatch) -> list:
+    """The replay buffers that `module.main` will create (main returns only figures): tests look inside."""
+    buffers, init = [], module.ReplayBuffer.__init__
+
+    def capturing_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        buffers.append(self)
+
+    monkeypatch.setattr(module.ReplayBuffer, "__init__", capturing_init)
+    return buffers
 
 
 def read_scalars(run_dir):

@@ -23,7 +23,7 @@ def load_benchmark(name):
 throughput = load_benchmark("throughput")
 clip_memory = load_benchmark("clip_memory")
 
-FIELDS = {"settings", "device", "torch_threads", "render_fps_per_env", "render_fps_total", "clip_fps",
+FIELDS = {"settings", "device", "torch_threads", "render_fps_per_env", "render_fps_total", "clip_fps", "simulation_sps_per_env",
           "clip_gflop_per_frame", "clip_tflops_achieved", "device_peak_tflops", "clip_fraction_of_peak",
           "updates_per_second", "end_to_end_sps", "end_to_end_over_clip_only", "phase_share", "fidelity"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import humanoid, read_scalars
+from conftest import capture_buffers, humanoid, read_scalars
 
 needs_gl = pytest.mark.skipif(humanoid.GL_BACKEND is None, reason="no headless OpenGL (EGL or OSMesa)")
 SIZE = (64, 80)  # small frames keep software rendering fast
@@ -78,14 +78,15 @@ def test_textured_frames_differ_from_stock_and_are_not_blank():
 
 
 @needs_gl
-def test_frame_in_info_is_rendered_at_the_requested_size():
+def test_frames_are_rendered_at_the_requested_size_and_show_the_state_reached():
     env = humanoid.make_env(episode_length=3, frame_size=SIZE)()
-    _, info = env.reset(seed=0)
-    first = info["frame"]
+    env.reset(seed=0)
+    first = env.render()
     for _ in range(3):
-        _, _, _, truncated, info = env.step(env.action_space.sample())
-    assert truncated and info["frame"].shape == (*SIZE, 3)
-    assert (info["frame"] != first).any()  # the last state, not a fresh start
+        _, _, _, truncated, _ = env.step(env.action_space.sample())
+    last = env.render()
+    assert truncated and last.shape == (*SIZE, 3)
+    assert (last != first).any()  # the last state, not a fresh start
 
 
 @needs_gl
@@ -98,9 +99,8 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     result = humanoid.main(args)
     scalars = read_scalars(result["run_dir"])
     expected = {"losses/td_loss", "losses/q_values", "losses/actor_loss", "losses/ent_coef",
-                "charts/episodic_clip_return", "charts/last_frame_clip_reward", "charts/SPS",
-                "time/simulation_seconds", "time/rendering_seconds", "time/clip_seconds", "time/updates_seconds",
-                "eval/clip_return", "eval/last_frame_clip_reward"}
+                "charts/episodic_clip_return", "charts/last_frame_clip_reward", "charts/SPS", "charts/epic_distance",
+                "eval/clip_return", "eval/last_frame_clip_reward", "landscape/in_pose_minus_out"}
     assert expected <= set(scalars), expected - set(scalars)
     # The pose detector of --task (kneeling) is the ground truth: steps in the pose, success, their fraction.
     assert {"charts/episodic_return", "charts/success_rate", "charts/pose_fraction"} <= set(scalars)
@@ -118,16 +118,17 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     assert any(not torch.equal(initial[k], v) for k, v in actor.state_dict().items())
 
 
-def test_ground_truth_run_trains_on_gymnasiums_reward(tmp_path):
+def test_ground_truth_run_trains_on_gymnasiums_reward(tmp_path, monkeypatch):
     """Every stored reward and termination is gymnasium's for that transition: replaying the stored actions
     in fresh environments with the same seeds gives them back, falls (terminal) and time limits (not) included."""
     args = humanoid.Args(reward="ground-truth", clip_model="no-such-model", num_envs=2, episode_length=30,
                          total_timesteps=400, learning_starts=200, train_frequency=100, gradient_steps=4,
                          batch_size=32, hidden_size=32, eval_episodes=0, output_dir=str(tmp_path))
+    buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)
     scalars = read_scalars(result["run_dir"])
     assert "charts/episodic_return" in scalars and "charts/episodic_clip_return" not in scalars
-    rb = result["replay_buffer"]
+    rb = buffers[0]
     for i in range(args.num_envs):  # transitions are stored step by step, env 0 then env 1
         env = humanoid.make_env(args.episode_length, terminate=True)()
         env.reset(seed=args.seed + i)

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import CarPositionEncoder, is_car_red, mountaincar, read_scalars
+from conftest import CarPositionEncoder, capture_buffers, is_car_red, mountaincar, read_scalars
 from test_reward import direct_reward
 from test_training import REQUIRED_KEYS
 
@@ -106,18 +106,19 @@ def test_textured_and_plain_rendering_both_work():
 
 
 def test_vector_env_final_frame_is_the_state_reached():
-    """At truncation the frame in info shows the last state, not the first one of the next episode."""
+    """At truncation the frame the loop renders shows the last state, not the first one of the next episode."""
     envs = gym.vector.SyncVectorEnv([mountaincar.make_env(3, (64, 96)) for _ in range(2)],
                                     autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     envs.reset(seed=0)
     for _ in range(3):
-        obs, _, _, truncated, infos = envs.step(np.ones((2, 1), dtype=np.float32))
+        obs, _, _, truncated, _ = envs.step(np.ones((2, 1), dtype=np.float32))
     assert truncated.all()
+    frames = envs.call("render")
     reference = mountaincar.CLIPMountainCarEnv(frame_size=(64, 96))
     reference.reset(seed=0)
     for i in range(2):
         reference.set_state(float(obs[i, 0]), float(obs[i, 1]))
-        np.testing.assert_array_equal(infos["frame"][i], reference.render())
+        np.testing.assert_array_equal(frames[i], reference.render())
 
 
 # --- reward ------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def test_reward_on_mountaincar_frames_matches_the_formula(tiny_clip, alpha):
     cfg = open_clip.get_model_preprocess_cfg(model)
     expected = direct_reward(model, tokenizer, frames, GOAL, BASELINE, alpha, cfg["mean"], cfg["std"])
     np.testing.assert_allclose(reward_model(frames), expected, atol=2e-6)
-    single = np.concatenate([reward_model(frames[i: i + 1]) for i in range(len(frames))])
+    single = torch.cat([reward_model(frames[i: i + 1]) for i in range(len(frames))])
     np.testing.assert_allclose(reward_model(frames), single, atol=1e-6)
 
 
@@ -181,8 +182,8 @@ def test_mean_action_draws_no_random_numbers(sde):
     obs = torch.tensor([[-0.5, 0.01], [0.2, -0.03]])
     state = torch.get_rng_state()
     with torch.no_grad():
-        mean = actor.mean_action(obs)
-    assert torch.equal(torch.get_rng_state(), state)
+        mean, log_prob = actor(obs, deterministic=True)
+    assert torch.equal(torch.get_rng_state(), state) and log_prob is None
     with torch.no_grad():  # the sampled actions scatter around it: tanh of the Gaussian's centre
         features = actor.trunk(obs)
         centre = actor.mean(features).clamp(-2, 2) if sde else actor.mean(features)
@@ -204,7 +205,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
                       capture_video=True, video_interval=400)
     result = mountaincar.main(args)
     scalars = read_scalars(result["run_dir"])
-    missing = (REQUIRED_KEYS | {"losses/actor_loss", "losses/ent_coef"}) - set(scalars)
+    missing = (REQUIRED_KEYS - {"charts/epsilon"} | {"losses/actor_loss", "losses/ent_coef", "charts/sde_sigma"}) - set(scalars)
     assert not missing, missing
     assert len(scalars["losses/td_loss"]) == 6  # training phases at steps 320, 384, ..., 640
     for key in ("losses/td_loss", "losses/q_values", "losses/actor_loss"):
@@ -221,21 +222,24 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
     assert any(not torch.equal(initial[k], v) for k, v in actor.state_dict().items() if "action_" not in k)
 
 
-def test_stored_rewards_are_those_of_the_states_reached(car_position_reward, tmp_path):
+def test_stored_rewards_are_those_of_the_states_reached(car_position_reward, tmp_path, monkeypatch):
     """Every reward in the buffer equals the stand-in's reward of that transition's own next_obs."""
-    result = mountaincar.main(short_args(tmp_path, total_timesteps=400, learning_starts=400, episode_length=30,
-                                         num_envs=3, clip_batch_size=64), reward_model=car_position_reward)
-    rb = result["replay_buffer"]
+    buffers = capture_buffers(mountaincar, monkeypatch)
+    mountaincar.main(short_args(tmp_path, total_timesteps=400, learning_starts=400, episode_length=30,
+                                num_envs=3, clip_batch_size=64), reward_model=car_position_reward)
+    rb = buffers[0]
     expected = car_position_reward.model.expected_reward(rb.next_obs[: rb.pos, 0])
     np.testing.assert_allclose(rb.rewards[: rb.pos], expected, atol=0.12)
     episode_ends = np.nonzero((np.arange(rb.pos) // 3 + 1) % 30 == 0)[0]  # last transition of each episode
     np.testing.assert_allclose(rb.rewards[episode_ends], expected[episode_ends], atol=0.12)
 
 
-def test_ground_truth_reward_loads_no_clip(tmp_path):
+def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
+    monkeypatch.setattr(mountaincar, "load_clip_reward", lambda *a: pytest.fail("a CLIP model was loaded"))
+    buffers = capture_buffers(mountaincar, monkeypatch)
     result = mountaincar.main(short_args(tmp_path, reward="ground-truth", clip_model="no-such-model",
                                          total_timesteps=400))
-    rb = result["replay_buffer"]
+    rb = buffers[0]
     np.testing.assert_array_equal(rb.rewards[: rb.pos], (rb.next_obs[: rb.pos, 0] >= 0.45).astype(np.float32))
     scalars = read_scalars(result["run_dir"])
     assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars

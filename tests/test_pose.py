@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tyro
 
-from conftest import ROOT, humanoid, read_scalars
+from conftest import ROOT, capture_buffers, humanoid, read_scalars
 
 spec = importlib.util.spec_from_file_location("pose_contact_sheet", os.path.join(ROOT, "benchmarks", "pose_contact_sheet.py"))
 contact_sheet = importlib.util.module_from_spec(spec)
@@ -154,15 +154,16 @@ def episodes_by_step(scalars, tag):
     return {step: sorted(values) for step, values in by_step.items()}
 
 
-def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path):
+def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path, monkeypatch):
     """`--reward pose`: every stored reward is the pose score of the state its transition reached (replaying the
     stored actions in fresh environments with the same seeds gives them back), while the statistics count the
     steps in the pose: the paper's success is at least half of an episode's steps in the pose."""
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=400,
                          learning_starts=100, train_frequency=100, gradient_steps=4, batch_size=32, hidden_size=32,
                          clip_batch_size=30, eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
+    buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)
-    rb = result["replay_buffer"]
+    rb = buffers[0]
     steps_in_pose = []
     for i in range(args.num_envs):  # transitions are stored step by step, env 0 then env 1
         env = humanoid.make_env(args.episode_length, task=args.task)()
@@ -218,11 +219,12 @@ def test_training_samples_pose_scores_also_when_the_buffer_wraps(tmp_path, monke
         return sample(self, batch_size)
 
     monkeypatch.setattr(humanoid.ReplayBuffer, "sample", checked_sample)
+    buffers = capture_buffers(humanoid, monkeypatch)
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=200,
                          learning_starts=100, train_frequency=50, gradient_steps=2, batch_size=16, hidden_size=16,
                          buffer_size=50, eval_episodes=0, output_dir=str(tmp_path))
-    rb = humanoid.main(args)["replay_buffer"]
-    assert rb.full and len(sampled) == 2 * 2 and all(sampled)  # phases at 150 and 200, 2 updates each
+    humanoid.main(args)
+    assert buffers[0].full and len(sampled) == 2 * 2 and all(sampled)  # phases at 150 and 200, 2 updates each
 
 
 @needs_gl
@@ -238,6 +240,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
                          total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
                          hidden_size=16, clip_batch_size=40, eval_episodes=1, video_interval=10**9,
                          clip_precision="fp32", output_dir=str(tmp_path))
+    buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)
     scalars = read_scalars(result["run_dir"])
     expected = {"charts/episodic_return", "charts/success_rate", "charts/pose_fraction", "charts/episodic_clip_return",
@@ -247,7 +250,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     assert np.isfinite(scalars["landscape/in_pose_minus_out"][0][1])  # the patched detector: in at the start, out at the end
     returns = [v for _, v in scalars["charts/episodic_return"]]
     assert len(returns) == 120 // 20 and all(r == int(r) and 0 <= r <= 20 for r in returns)  # steps in the pose
-    rb = result["replay_buffer"]
+    rb = buffers[0]
     assert not np.isin(rb.rewards[: rb.pos], [0.0, 1.0]).any()  # CLIP's rewards are stored, not the flags
     assert 0.0 <= result["eval_pose_fraction"] <= 1.0 and result["eval_success_rate"] in (0.0, 1.0)
     correlation, epic = dict(scalars["charts/reward_correlation"]), dict(scalars["charts/epic_distance"])

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, PoleTiltEncoder, cartpole, read_scalars
+from conftest import TINY_CONFIG, PoleTiltEncoder, capture_buffers, cartpole, read_scalars
 
 REQUIRED_KEYS = {
     "charts/episodic_return", "charts/episodic_clip_return", "charts/success_rate", "charts/reward_correlation",
-    "charts/SPS", "losses/td_loss", "losses/q_values", "time/rendering_seconds", "time/clip_seconds",
-    "time/updates_seconds", "eval/success_rate", "eval/clip_return",
+    "charts/epic_distance", "charts/last_frame_clip_reward", "charts/SPS", "charts/epsilon", "losses/td_loss",
+    "losses/q_values", "eval/success_rate", "eval/clip_return", "eval/episodic_return",
 }
 
 
@@ -42,6 +42,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     # EPIC distance to the ground truth, the paper's measure of reward quality, from the same correlation.
     correlation, epic = dict(scalars["charts/reward_correlation"]), dict(scalars["charts/epic_distance"])
     assert correlation.keys() == epic.keys()
+    assert result["epic_distance"] == pytest.approx(scalars["charts/epic_distance"][-1][1])  # results.json's
     np.testing.assert_allclose([epic[k] for k in epic], [np.sqrt((1 - correlation[k]) / 2) for k in epic], rtol=1e-5)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,12 +65,13 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     assert not torch.allclose(q_reloaded, cartpole.QNetwork(4, 2, args.hidden_size)(obs))
 
 
-def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_reward, tmp_path):
+def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_reward, tmp_path, monkeypatch):
     """Every stored reward, episode ends included, is the stand-in's reward of that transition's next_obs."""
     args = short_args(tmp_path, total_timesteps=600, learning_starts=10_000, episode_length=40, num_envs=3,
                       eval_episodes=1, clip_batch_size=64)  # random actions throughout: poles fall within 40 steps
-    result = cartpole.main(args, reward_model=pole_tilt_reward)
-    rb = result["replay_buffer"]
+    buffers = capture_buffers(cartpole, monkeypatch)
+    cartpole.main(args, reward_model=pole_tilt_reward)
+    rb = buffers[0]
     stored = rb.pos if not rb.full else rb.size
     assert stored == 600  # 200 vector steps of 3 envs, no step across a reset
     expected = PoleTiltEncoder.expected_reward(rb.next_obs[:stored, 2])
@@ -80,12 +82,26 @@ def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_re
     # A next episode's first frame would score about 1; most final states are far from upright.
     assert (expected[episode_ends] < 0.5).sum() >= 10  # so a misaligned end would miss by more than 0.5
     assert not rb.terminations[:stored].any()  # time-limit ends are truncations: bootstrapped
+    # Each logged episode's CLIP return and last-frame reward are those of its own transitions (env i's
+    # episode k fills slots (40 k + t) * 3 + i, t < 40).
+    slots = [(40 * k + np.arange(40)) * 3 + i for k in range(5) for i in range(3)]
+    scalars = read_scalars(rb_run_dir(tmp_path))
+    logged = sorted(v for _, v in scalars["charts/episodic_clip_return"])
+    np.testing.assert_allclose(logged, sorted(rb.rewards[s].sum() for s in slots), rtol=1e-5)
+    logged = sorted(v for _, v in scalars["charts/last_frame_clip_reward"])
+    np.testing.assert_allclose(logged, sorted(rb.rewards[s[-1]] for s in slots), rtol=1e-5)
+
+
+def rb_run_dir(tmp_path):
+    (run_dir,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    return run_dir
 
 
 def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
-    monkeypatch.setattr(cartpole, "load_clip", lambda *a: pytest.fail("a CLIP model was loaded"))
+    monkeypatch.setattr(cartpole, "load_clip_reward", lambda *a: pytest.fail("a CLIP model was loaded"))
+    buffers = capture_buffers(cartpole, monkeypatch)
     result = cartpole.main(short_args(tmp_path, reward="ground-truth", clip_model="no-such-model"))
-    rb = result["replay_buffer"]
+    rb = buffers[0]
     upright = np.abs(rb.next_obs[: rb.pos, 2]) <= 12 * np.pi / 180
     np.testing.assert_array_equal(rb.rewards[: rb.pos], upright.astype(np.float32))
     scalars = read_scalars(result["run_dir"])
@@ -106,26 +122,24 @@ def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path
     assert result["eval_success_rate"] >= 0.8, result
 
 
-def test_background_scoring_writes_every_reward_and_keeps_step_order(pole_tilt_reward):
-    """Batches scored in the worker thread while more steps are queued: same rewards as scoring
-    each frame alone, written to the right slots, entries returned in the order of the steps."""
+def test_batched_scoring_writes_every_reward_to_its_slot(pole_tilt_reward):
+    """Frames wait until a batch is full, then CLIP is launched on the whole batch: the same rewards as scoring
+    each frame alone, written to the right slots, and nothing written before `write_to`."""
     angles = np.linspace(-0.6, 0.6, 10)
     frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
     rb = cartpole.ReplayBuffer(16, 4, (), np.int64, "cpu")
-    queue = cartpole.RewardQueue(pole_tilt_reward, rb)
-    for step in range(5):  # 2 envs per step; a batch goes to the worker after steps 1 and 3
-        slots = rb.add(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros(2), np.zeros(2))
-        queue.put(slots, frames[2 * step: 2 * step + 2], [float(2 * step), float(2 * step + 1)], [False, step == 4])
-        if step in (1, 3):
-            queue.submit()
-    assert len(queue.in_flight) == 2 and len(queue) == 2
-    entries = queue.collect()
-    expected = np.concatenate([pole_tilt_reward(frames[i: i + 1]) for i in range(10)])
+    batches = cartpole.RewardBatches(pole_tilt_reward, batch_size=4)
+    calls = []
+    batches.reward_model = lambda f: calls.append(len(f)) or pole_tilt_reward(f)
+    for step in range(5):  # 2 envs per step: a batch is launched after steps 1 and 3
+        slots = rb.add(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros(2), np.nan, np.zeros(2), np.zeros(2))
+        batches.add(slots, frames[2 * step: 2 * step + 2])
+    assert calls == [4, 4] and len(batches.waiting) == 1 and np.isnan(rb.rewards[:10]).all()
+    batches.write_to(rb)  # launches the rest, then writes every batch
+    assert calls == [4, 4, 2] and not batches.waiting and not batches.scored
+    expected = torch.cat([pole_tilt_reward(frames[i: i + 1]) for i in range(10)]).numpy()
     np.testing.assert_allclose(rb.rewards[:10], expected, atol=1e-6)
-    assert [true_reward for _, true_reward, _, _ in entries] == list(range(10))  # step order
-    assert [env_id for env_id, _, _, _ in entries] == [0, 1] * 5
-    np.testing.assert_allclose([clip for _, _, clip, _ in entries], expected, atol=1e-6)
-    assert queue.clip_seconds > 0 and not queue.in_flight and len(queue) == 0
+    assert np.isnan(rb.rewards[10:]).all()
 
 
 def test_results_json_holds_flags_figures_and_commit(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cartpole, humanoid, mountaincar, read_scalars
+from conftest import capture_buffers, cartpole, humanoid, mountaincar, read_scalars
 from test_humanoid import needs_gl
 
 OBSERVATION_SPACE = mountaincar.CLIPMountainCarEnv().observation_space
@@ -100,9 +100,9 @@ def test_dqn_target_network_follows_its_schedule(tmp_path, monkeypatch, num_envs
     """A Polyak step every `target-network-frequency` transitions, however many envs step at once, each
     made as soon as the step count passes a multiple of it."""
     steps_taken, calls = [0], []
-    step_envs, polyak_update = cartpole.step_envs, cartpole.polyak_update
-    monkeypatch.setattr(cartpole, "step_envs", lambda *a, **k: steps_taken.append(steps_taken[-1] + num_envs)
-                        or step_envs(*a, **k))
+    add, polyak_update = cartpole.ReplayBuffer.add, cartpole.polyak_update  # one add per vector step
+    monkeypatch.setattr(cartpole.ReplayBuffer, "add", lambda self, *a: steps_taken.append(steps_taken[-1] + num_envs)
+                        or add(self, *a))
     monkeypatch.setattr(cartpole, "polyak_update", lambda *a: calls.append((steps_taken[-1], a[2])) or polyak_update(*a))
     result = cartpole.main(gt_args(cartpole, tmp_path, num_envs=num_envs, total_timesteps=240, learning_starts=120,
                                    train_frequency=60, gradient_steps=3, target_network_frequency=8, tau=0.3))
@@ -147,7 +147,7 @@ def test_every_numeric_flag_has_a_range():
     for module in (cartpole, mountaincar, humanoid):
         numeric = {field.name for field in dataclasses.fields(module.Args)
                    if field.type in (int, float, "int", "float") and field.name != "seed"}
-        assert numeric - {"alpha"} == set(module.RANGES), (module.__name__, numeric ^ set(module.RANGES))
+        assert numeric == set(module.RANGES), (module.__name__, numeric ^ set(module.RANGES))
 
 
 def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path, monkeypatch):
@@ -162,12 +162,13 @@ def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path,
         return sample(self, batch_size)
 
     monkeypatch.setattr(cartpole.ReplayBuffer, "sample", checked_sample)
+    buffers = capture_buffers(cartpole, monkeypatch)
     args = cartpole.Args(clip_model="unused", total_timesteps=300, learning_starts=100, train_frequency=50,
                          gradient_steps=2, episode_length=40, num_envs=2, eval_episodes=0, landscape_points=5,
-                         clip_batch_size=10_000, buffer_size=120,  # the queue never fills by itself; the ring wraps
+                         clip_batch_size=10_000, buffer_size=130,  # the batch never fills by itself; the ring wraps
                          output_dir=str(tmp_path))
-    result = cartpole.main(args, reward_model=pole_tilt_reward)
-    assert len(sampled) == 8 and all(sampled) and result["replay_buffer"].full
+    cartpole.main(args, reward_model=pole_tilt_reward)
+    assert len(sampled) == 8 and all(sampled) and buffers[0].full
 
 
 def test_ring_buffer_wraps_with_rewards_still_pending(pole_tilt_reward):
@@ -176,16 +177,16 @@ def test_ring_buffer_wraps_with_rewards_still_pending(pole_tilt_reward):
     angles = np.linspace(-0.6, 0.6, 12)
     frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
     rb = cartpole.ReplayBuffer(8, 4, (), np.int64, "cpu")
-    queue = cartpole.RewardQueue(pole_tilt_reward, rb)
+    batches = cartpole.RewardBatches(pole_tilt_reward, batch_size=6)
     for step in range(6):  # 2 envs: transitions 0..11 go to slots 0..7, then 0..3 again
         next_obs = np.zeros((2, 4))
         next_obs[:, 2] = angles[2 * step: 2 * step + 2]
-        slots = rb.add(np.zeros((2, 4)), next_obs, np.zeros(2), np.zeros(2))
-        queue.put(slots, frames[2 * step: 2 * step + 2], [0.0, 0.0], [False, False])
-        if step == 2:
-            queue.submit()  # transitions 0..5 in flight while 6..11 overwrite slots 0..3
-    queue.collect()
-    expected = pole_tilt_reward(frames)
+        slots = rb.add(np.zeros((2, 4)), next_obs, np.zeros(2), np.nan, np.zeros(2), np.zeros(2))
+        batches.add(slots, frames[2 * step: 2 * step + 2])
+        # CLIP is launched on transitions 0..5 after step 2; 6..11 then overwrite slots 6, 7 and 0..3.
+        assert len(batches.scored) == (step >= 2) + (step >= 5) and np.isnan(rb.rewards).all()
+    batches.write_to(rb)
+    expected = pole_tilt_reward(frames).numpy()
     np.testing.assert_allclose(rb.rewards[[4, 5, 6, 7, 0, 1, 2, 3]], expected[4:], atol=1e-6)
     np.testing.assert_allclose(rb.rewards, pole_tilt_reward.model.expected_reward(rb.next_obs[:, 2]), atol=0.4)
 
