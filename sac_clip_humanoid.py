@@ -1183,6 +1183,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            if args.sde:
+                writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
             recent = f", success (last 10 episodes) {np.mean(episodes.successes):.2f}" if episodes.successes else ""
             print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}{recent}")
 
