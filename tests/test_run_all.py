@@ -80,6 +80,12 @@ def test_smoke_grid_runs_every_experiment_and_writes_the_summary(tmp_path):
     failed = [r for r in rows if r["status"] != "ok"]
     assert len(rows) == 6 + 13 and [r["experiment"] for r in failed] == ["cartpole_alpha0.25"], failed
     assert all(int(r["steps"]) > 0 and r["git_commit"] for r in rows if r["status"] == "ok")
+    # Table 1's success column fills itself: a success rate (the pose detector's) for every humanoid task.
+    humanoid_rows = [r for r in rows if r.get("script") == "sac_clip_humanoid.py"]
+    assert {r["task"].split(" / ")[0] for r in humanoid_rows} == {
+        "kneeling", "lotus-position", "standing-up", "arms-raised", "doing-splits", "hands-on-hips", "arms-crossed",
+        "standing-on-one-leg"}
+    assert all(0.0 <= float(r["success_rate"]) <= 1.0 for r in humanoid_rows)
     table = (out / "summary.md").read_text()
     assert "## CartPole" in table and "## Humanoid" in table
     assert "| humanoid_kneeling_RN50 | 1 |" in table and "| cartpole_alpha0.25 | 1 | - | - | 1 |" in table
