@@ -498,6 +498,10 @@ class CLIPHumanoidEnv(HumanoidEnv):
 
     def render(self):
         require_gl()
+        # Each env renders in an OpenGL context of its own, but MuJoCo draws into whichever is current: make
+        # this env's current (an evaluation env that was made and closed in between would leave none, and
+        # every frame black).
+        self.mujoco_renderer._get_viewer(self.render_mode).make_context_current()
         return super().render()
 
     def set_pose(self, joints: dict, pitch: float = 0.0):
