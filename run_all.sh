@@ -357,6 +357,13 @@ EOF
     exit 0
 fi
 
+# Headless OpenGL for the humanoid: chosen once here rather than in every run (each choice starts Mesa in a
+# subprocess: ~9 s on a CPU).
+if [ -z "${MUJOCO_GL:-}" ] && printf '%s\n' "${commands[@]}" | grep -q sac_clip_humanoid; then
+    MUJOCO_GL=$("$PYTHON" -c "import sac_clip_humanoid as h; print(h.GL_BACKEND or '')" 2>/dev/null | tail -n 1)
+    if [ -n "$MUJOCO_GL" ]; then export MUJOCO_GL PYOPENGL_PLATFORM=$MUJOCO_GL; else unset MUJOCO_GL; fi
+fi
+
 # Locally: --jobs lanes run at the same time; lane j runs runs j, j + jobs, ... one after the other,
 # on GPU j mod (number of GPUs), so that two runs share a GPU only when there are more lanes than GPUs.
 if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
