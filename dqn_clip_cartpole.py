@@ -69,8 +69,6 @@ class Args:
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
-    clip_batch_size: int = 400
-    """frames that wait before CLIP scores them together (a training phase also scores whatever waits)"""
     clip_chunk_size: int = 256
     """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
     landscape_points: int = 41
@@ -125,7 +123,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               target_network_frequency="[1, inf)", batch_size="[1, inf)", start_e="[0, 1]", end_e="[0, 1]",
               exploration_fraction="(0, 1]", learning_starts="[0, inf)", train_frequency="[1, inf)",
               gradient_steps="[1, inf)", max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_batch_size="[1, inf)", clip_chunk_size="[1, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[1, inf)",
               landscape_points="[2, inf)")
 
 
@@ -292,9 +290,9 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-def check_flags(args, ranges: dict, loads_clip: bool):
-    """Before anything expensive: stop with one sentence naming the flag if a numeric flag is outside its
-    interval (e.g. "[0, 1]"), a prompt is empty, or the CLIP model or its weights cannot exist."""
+def check_flags(args, ranges: dict):
+    """Before anything is loaded: stop with one sentence naming the flag if a numeric flag is outside its
+    interval (e.g. "[0, 1]"), a prompt is empty, or the replay buffer is too small."""
     for name, interval in ranges.items():
         low, high, value = *(float(bound) for bound in interval[1:-1].split(",")), getattr(args, name)
         if not (low <= value if interval[0] == "[" else low < value) or not (
@@ -305,29 +303,14 @@ def check_flags(args, ranges: dict, loads_clip: bool):
             fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
     if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
         fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
-    # An episode's CLIP rewards are read from its replay slots at the end of the rollout it ended in.
-    least = args.train_frequency + args.num_envs * args.episode_length
-    if args.reward == "clip" and args.buffer_size < least:
+    least = args.train_frequency + args.num_envs * args.episode_length  # episodes are read from their slots
+    if args.buffer_size < least:
         fail(f"--buffer-size must hold a rollout and an episode of every env (train-frequency + num-envs x "
-             f"episode-length = {least}) with the CLIP reward, got {args.buffer_size}.")
-    if loads_clip and args.clip_model.endswith(".json"):  # an open_clip model config, known by its file name
-        if not os.path.isfile(args.clip_model):
-            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
-        open_clip.add_model_config(args.clip_model)
-        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
-    if loads_clip and args.clip_model not in open_clip.list_models():
-        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
-             "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
-             "open_clip model config (.json).")
-    tags = open_clip.list_pretrained_tags_by_model(args.clip_model) if loads_clip else []
-    if loads_clip and not os.path.isfile(args.clip_pretrained) and args.clip_pretrained not in tags:
-        fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
-             f"tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
+             f"episode-length = {least}), got {args.buffer_size}.")
 
 
 def choose_precision(flag: str, device) -> str:
-    """`--clip-precision auto` is fp16 autocast on a GPU, as the authors ran CLIP, and fp32 on a CPU: a fixed
-    rule, not a measurement, so that two runs with the same flags run the same arithmetic."""
+    """`auto`: fp16 autocast on a GPU, as the authors ran CLIP, and fp32 on a CPU (a rule, not a measurement)."""
     precision = flag if flag != "auto" else "fp16" if torch.device(device).type == "cuda" else "fp32"
     print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
           + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
@@ -335,11 +318,24 @@ def choose_precision(flag: str, device) -> str:
 
 
 def load_clip_reward(args, device) -> CLIPReward:
-    """The reward model of the flags: open_clip weights from a pretrained tag (downloaded once, then cached)
-    or from a checkpoint file."""
+    """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
+    pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
+    if args.clip_model.endswith(".json"):  # an open_clip model config, known by its file name
+        if not os.path.isfile(args.clip_model):
+            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
+        open_clip.add_model_config(args.clip_model)
+        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
+    if args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
+             "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
+             "open_clip model config (.json).")
+    local, tags = os.path.isfile(args.clip_pretrained), open_clip.list_pretrained_tags_by_model(args.clip_model)
+    if not local and args.clip_pretrained not in tags:
+        fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
+             f"tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
     try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
-        if not os.path.isfile(args.clip_pretrained):
+        if not local:
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(args.clip_model, args.clip_pretrained))
     except Exception as e:
         fail(f"could not download the {args.clip_pretrained!r} weights of {args.clip_model} ({type(e).__name__}): "
@@ -351,9 +347,8 @@ def load_clip_reward(args, device) -> CLIPReward:
     except Exception as e:
         fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
              f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
-    return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt,
-                      args.baseline_prompt, args.alpha, device, args.clip_chunk_size,
-                      choose_precision(args.clip_precision, device))
+    return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt, args.baseline_prompt, args.alpha,
+                      device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
 # ==== END SHARED BLOCK: clip-reward ====
 
 
@@ -399,86 +394,47 @@ def seed_everything(seed: int, torch_deterministic: bool):
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-class RewardBatches:
-    """Frames wait here for CLIP until `batch_size` of them have gathered; then CLIP scores them all at once.
-    `write_to(rb)`, at the end of each rollout (before any training phase), writes the rewards into the
-    replay buffer. (On a GPU the scoring is launched asynchronously, but the next upload to the GPU waits
-    for it: CLIP and the simulation still take turns.)"""
-
-    def __init__(self, reward_model, batch_size: int):
-        self.reward_model, self.batch_size, self.waiting, self.scored = reward_model, batch_size, [], []
-
-    def add(self, slots, frames):
-        self.waiting.append((slots, frames))
-        if sum(len(s) for s, _ in self.waiting) >= self.batch_size:
-            self.launch()
-
-    def launch(self):
-        if self.waiting:
-            slots, frames = (np.concatenate(parts) for parts in zip(*self.waiting))
-            self.scored.append((slots, self.reward_model(frames)))
-            self.waiting = []
-
-    def write_to(self, rb):
-        self.launch()
-        for slots, rewards in self.scored:
-            rb.rewards[slots] = rewards.cpu().numpy()
-        self.scored = []
+def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip: bool, step: int) -> list:
+    """At the end of a rollout, once CLIP's rewards are in the buffer: log each episode that ended in it
+    (`finished`: (step, replay slots) pairs) and, for CLIP runs, how well the learned reward agrees with the
+    ground truth. `is_success(ground-truth return, length)` says what success means (None: no criterion);
+    returns the episodes' successes."""
+    successes = []
+    for end, slots in finished:
+        true_return = float(rb.true_rewards[slots].sum())
+        writer.add_scalar("charts/episodic_return", true_return, end)
+        if is_success is not None:
+            successes.append(float(is_success(true_return, len(slots))))
+            writer.add_scalar("charts/success_rate", successes[-1], end)
+        if uses_clip:
+            writer.add_scalar("charts/episodic_clip_return", rb.rewards[slots].sum(), end)
+            writer.add_scalar("charts/last_frame_clip_reward", rb.rewards[slots[-1]], end)
+    correlation, epic = reward_agreement(rb) if uses_clip else (np.nan, np.nan)
+    if np.isfinite(epic):
+        writer.add_scalar("charts/reward_correlation", correlation, step)
+        writer.add_scalar("charts/epic_distance", epic, step)
+    return successes
 
 
-class Episodes:
-    """Each env's episode so far: its ground-truth return, counted as it happens, and its replay slots, whose
-    CLIP rewards arrive later: a finished episode is logged once they are in (the buffer holds far more than
-    the steps between two training phases). `is_success(ground-truth return)` says what success means here
-    (None: there is no such criterion)."""
-
-    def __init__(self, num_envs: int, writer, is_success, uses_clip: bool):
-        self.writer, self.is_success, self.uses_clip = writer, is_success, uses_clip
-        self.true_returns, self.slots = np.zeros(num_envs), [[] for _ in range(num_envs)]
-        self.finished, self.successes = [], deque(maxlen=10)
-        self.epic_distance = float("nan")  # the latest, for results.json
-
-    def step(self, slots, true_rewards, dones, global_step: int):
-        self.true_returns += true_rewards
-        for i in range(len(slots)):
-            self.slots[i].append(slots[i])
-            if dones[i]:
-                self.finished.append((global_step, self.slots[i], float(self.true_returns[i])))
-                self.slots[i], self.true_returns[i] = [], 0.0
-
-    def log(self, rb: ReplayBuffer, global_step: int) -> list:
-        """Logs the finished episodes (their rewards must be in rb); returns them as (step, slots, true return)."""
-        for step, slots, true_return in self.finished:
-            self.writer.add_scalar("charts/episodic_return", true_return, step)
-            if self.is_success is not None:
-                self.successes.append(float(self.is_success(true_return)))
-                self.writer.add_scalar("charts/success_rate", self.successes[-1], step)
-            if self.uses_clip:
-                self.writer.add_scalar("charts/episodic_clip_return", rb.rewards[slots].sum(), step)
-                self.writer.add_scalar("charts/last_frame_clip_reward", rb.rewards[slots[-1]], step)
-        logged, self.finished = self.finished, []
-        if self.uses_clip:
-            epic = log_reward_quality(self.writer, rb, global_step)
-            self.epic_distance = epic if np.isfinite(epic) else self.epic_distance
-        return logged
-
-
-def log_reward_quality(writer, rb: ReplayBuffer, step: int, window: int = 10_000) -> float:
-    """Correlation ρ of the learned reward with the ground truth over the latest transitions, and the paper's
-    EPIC distance sqrt((1 - ρ) / 2): for rewards of the reached state, over the visited states (0: the same
-    ordering of states, 1: reversed). Logged once the ground truth has varied; returns the distance (or NaN)."""
+def reward_agreement(rb: ReplayBuffer, window: int = 10_000) -> tuple[float, float]:
+    """(ρ, sqrt((1 - ρ) / 2)): the correlation of the learned reward with the ground truth over the latest
+    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states: 0 is the
+    same ordering of states, 1 the reverse). NaN while either reward is constant."""
     recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
     rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
     if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:
-        return float("nan")
-    correlation = np.corrcoef(rewards, truth)[0, 1]
-    writer.add_scalar("charts/reward_correlation", correlation, step)
-    writer.add_scalar("charts/epic_distance", np.sqrt((1 - correlation) / 2), step)
-    return float(np.sqrt((1 - correlation) / 2))
+        return float("nan"), float("nan")
+    correlation = float(np.corrcoef(rewards, truth)[0, 1])
+    return correlation, float(np.sqrt((1 - correlation) / 2))
 
 
-def write_results(run_dir: str, args, final: dict):
-    """`results.json`: the flags, the final figures and the code's git commit (run_all.sh's summary reads it)."""
+def write_results(run_dir: str, args, final: dict, model_state: dict):
+    """`results.json`: the flags, the final figures and the code's git commit (run_all.sh's summary reads it);
+    with --save-model, the networks' weights."""
+    if args.save_model:
+        final["model_path"] = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save(model_state, final["model_path"])
+        print(f"model saved to {final['model_path']}")
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
@@ -596,20 +552,21 @@ def evaluate(q_network, reward_model, args, device, episodes: int, seed: int) ->
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
-    check_flags(args, RANGES, loads_clip=args.reward == "clip" and reward_model is None)
+    check_flags(args, RANGES)
     if args.end_e > args.start_e:
         fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from one to the other.")
-    run_dir = os.path.join(args.output_dir, f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}")
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)
     uses_clip = reward_model is not None
+    frame_size = reward_model.image_size if uses_clip else (224, 224)
+    run_dir = os.path.join(args.output_dir, f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}")
     writer = open_writer(run_dir, args)
 
     if uses_clip:  # the reward landscape: does the prompt rank upright poles above fallen ones?
         angles = np.linspace(-0.5, 0.5, args.landscape_points)
-        frames, upright = landscape_frames(reward_model.image_size, angles)
+        frames, upright = landscape_frames(frame_size, angles)
         rewards = reward_model(frames).cpu().numpy()
         writer.add_figure("reward_landscape", plot_reward_landscape(
             angles, rewards, upright, "pole angle (rad)", "upright (ground truth)",
@@ -621,22 +578,19 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
     # env had auto-reset, and scored the next episode's first frame instead.)
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.episode_length, reward_model.image_size if uses_clip else (224, 224))
-         for _ in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    envs = gym.vector.SyncVectorEnv([make_env(args.episode_length, frame_size) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     obs_dim, n_actions = envs.single_observation_space.shape[0], envs.single_action_space.n
     q_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
     target_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
     target_network.load_state_dict(q_network.state_dict())
     rb = ReplayBuffer(args.buffer_size, obs_dim, (), np.int64, device)
-    is_success = lambda true_return: true_return == args.episode_length  # noqa: E731  (upright at every step)
-
-    rewards_to_come = RewardBatches(reward_model, args.clip_batch_size)  # frames waiting for CLIP
-    episodes = Episodes(args.num_envs, writer, is_success, uses_clip)
+    is_success = lambda true_return, length: true_return == length  # noqa: E731  (upright at every step)
 
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
+    to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
     global_step, rollouts_done, updates_done, target_updates_done, next_video, losses = 0, 0, 0, 0, 0, {}
     start_time = time.time()
     while global_step < args.total_timesteps:
@@ -648,22 +602,30 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             with torch.no_grad():
                 actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
         next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
+        # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
         slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards, terminations)
         if uses_clip:
-            rewards_to_come.add(slots, np.stack(envs.call("render")))  # the frames of the states reached
+            to_score.append((slots, np.stack(envs.call("render"))))
         global_step += args.num_envs
         dones = terminations | truncations
-        episodes.step(slots, true_rewards, dones, global_step)
+        for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
+            episode_slots[i].append(slot)
+            if dones[i]:
+                finished.append((global_step, episode_slots[i]))
+                episode_slots[i] = []
         obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
 
-        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do): CLIP's
-        # rewards are written into the buffer and the finished episodes logged. After learning starts, each
-        # rollout is followed by a training phase of gradient-steps updates (counted in transitions, so that the
-        # updates per transition do not depend on --num-envs).
-        if global_step // args.train_frequency > rollouts_done:
+        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
+        # end of the run: CLIP scores its frames (--clip-chunk-size at a time) and the finished episodes are logged.
+        # After learning starts, each rollout is followed by a training phase of gradient-steps updates (counted in
+        # transitions, so that the updates per transition do not depend on --num-envs).
+        if global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps:
             rollouts_done = global_step // args.train_frequency
-            rewards_to_come.write_to(rb)  # every stored transition has its reward before sampling
-            episodes.log(rb, global_step)
+            if to_score:
+                slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
+                rb.rewards[slots] = reward_model(frames).cpu().numpy()
+            successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
+            to_score, finished = [], []
         updates_owed = args.gradient_steps * max(rollouts_done - args.learning_starts // args.train_frequency, 0)
         if updates_owed - updates_done >= args.gradient_steps:
             for _ in range(updates_owed - updates_done):
@@ -673,7 +635,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             sps = int(global_step / (time.time() - start_time))
             for name, value in {**losses, "epsilon": epsilon, "SPS": sps}.items():
                 writer.add_scalar(f"losses/{name}" if name in losses else f"charts/{name}", value, global_step)
-            recent = f"{np.mean(episodes.successes):.2f}" if episodes.successes else "-"
+            recent = f"{np.mean(successes):.2f}" if successes else "-"
             print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4f}, success (last 10 episodes) "
                   f"{recent}")
 
@@ -688,8 +650,6 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             save_video(episode["frames"], episode["clip_rewards"],
                        os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
             next_video += args.video_interval
-    rewards_to_come.write_to(rb)
-    episodes.log(rb, global_step)
     envs.close()
     sps = global_step / (time.time() - start_time)  # training only: the final evaluation is not in the SPS
 
@@ -697,20 +657,16 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"),
                  eval_clip_return=mean("clip_return"),
-                 train_success_rate_last10=np.mean(episodes.successes) if episodes.successes else np.nan, **losses,
+                 train_success_rate_last10=np.mean(successes) if successes else np.nan, **losses,
                  global_step=global_step, gradient_steps_done=updates_done, target_updates_done=target_updates_done,
                  run_dir=run_dir, sps=sps, wall_seconds=time.time() - start_time,
-                 epic_distance=episodes.epic_distance, precision=reward_model.precision if uses_clip else None)
+                 epic_distance=reward_agreement(rb)[1], precision=reward_model.precision if uses_clip else None)
     for key in ("success_rate", "episodic_return", "clip_return") if results else ():
         if key != "clip_return" or uses_clip:
             writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], global_step)
-    if args.save_model:
-        final["model_path"] = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
-        torch.save(q_network.state_dict(), final["model_path"])
-        print(f"model saved to {final['model_path']}")
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
-    write_results(run_dir, args, final)
+    write_results(run_dir, args, final, q_network.state_dict())
     writer.close()
     return final
 

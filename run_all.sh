@@ -80,7 +80,7 @@ smoke_flags() {  # a handful of steps, CPU-sized
     case "$1" in
         cartpole) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
         mountaincar) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --batch-size 32 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
-        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --clip-batch-size 64 --eval-episodes 1 --clip-precision fp32 --no-cuda" ;;
+        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --eval-episodes 1 --clip-precision fp32 --no-cuda" ;;
     esac
 }
 
@@ -355,13 +355,6 @@ EOF
     sbatch "$OUTPUT_DIR/slurm_array.sh" || { echo "run_all.sh: sbatch failed" >&2; exit 1; }
     echo "submitted ${#commands[@]} runs; when they are done: bash run_all.sh --summary-only --output-dir $OUTPUT_DIR"
     exit 0
-fi
-
-# Headless OpenGL for the humanoid: chosen once here rather than in every run (each choice starts Mesa in a
-# subprocess: ~9 s on a CPU).
-if [ -z "${MUJOCO_GL:-}" ] && printf '%s\n' "${commands[@]}" | grep -q sac_clip_humanoid; then
-    MUJOCO_GL=$("$PYTHON" -c "import sac_clip_humanoid as h; print(h.GL_BACKEND or '')" 2>/dev/null | tail -n 1)
-    if [ -n "$MUJOCO_GL" ]; then export MUJOCO_GL PYOPENGL_PLATFORM=$MUJOCO_GL; else unset MUJOCO_GL; fi
 fi
 
 # Locally: --jobs lanes run at the same time; lane j runs runs j, j + jobs, ... one after the other,

@@ -71,7 +71,7 @@ class Args:
     context_gib: float = 1.0
     """GiB taken by the CUDA context (runtime, kernels) before any tensor"""
     one_pass_frames: int = 3200
-    """also report the memory of this many frames in a single forward pass (the humanoid's clip_batch_size)"""
+    """also report the memory of this many frames in a single forward pass (a humanoid rollout, scored at its end)"""
     json: str | None = None
     """write the figures to this JSON file"""
 

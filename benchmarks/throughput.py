@@ -48,8 +48,7 @@ class Args:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """CLIP image-encoder precision (autocast) for the speed figures (fidelity is reported for all three)"""
     batch_size: int = 32
-    """frames per CLIP forward pass (the reward's `chunk_size`; also the training loop's `--clip-batch-size`
-    and `--clip-chunk-size`)"""
+    """frames per CLIP forward pass (the reward's `chunk_size`; also the training loop's `--clip-chunk-size`)"""
     num_envs: int = 1
     """environments for the rendering and end-to-end figures"""
     frames: int = 64
@@ -240,8 +239,7 @@ def measure_training(module, reward_model, args, folder):
     updates = max(1, round(defaults.gradient_steps * phase / defaults.train_frequency))
     settings = dict(clip_model="unused", total_timesteps=args.steps, learning_starts=args.steps // 2,
                     train_frequency=phase, gradient_steps=updates,
-                    num_envs=args.num_envs, eval_episodes=1, clip_batch_size=args.batch_size,
-                    clip_chunk_size=args.batch_size, output_dir=folder,
+                    num_envs=args.num_envs, eval_episodes=1, clip_chunk_size=args.batch_size, output_dir=folder,
                     clip_precision=reward_model.precision, cuda=args.cuda)
     if args.script != "humanoid":
         settings["landscape_points"] = 5

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, RobotWidthEncoder, capture_buffers, humanoid, read_scalars
+from conftest import ROOT, needs_gl, RobotWidthEncoder, capture_buffers, humanoid, read_scalars
 
 spec = importlib.util.spec_from_file_location("pose_contact_sheet", os.path.join(ROOT, "benchmarks", "pose_contact_sheet.py"))
 contact_sheet = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(contact_sheet)
 
-needs_gl = pytest.mark.skipif(humanoid.GL_BACKEND is None, reason="no headless OpenGL (EGL or OSMesa)")
 SIZE = (64, 80)  # small frames keep software rendering fast
 
 
@@ -99,7 +98,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, alpha=0.5, num_envs=3, episode_length=20,
                          total_timesteps=300, learning_starts=150, train_frequency=30, gradient_steps=4,
-                         batch_size=32, hidden_size=32, clip_batch_size=64, eval_episodes=1, video_interval=10**9,
+                         batch_size=32, hidden_size=32, eval_episodes=1, video_interval=10**9,
                          clip_precision="fp32", output_dir=str(tmp_path), save_model=True, capture_video=True)
     result = humanoid.main(args)
     scalars = read_scalars(result["run_dir"])
@@ -251,7 +250,7 @@ def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch)
                                        ("a humanoid robot",), alpha=0.0)
     args = humanoid.Args(task="arms-raised", clip_model="unused", num_envs=4, episode_length=20, total_timesteps=1000,
                          learning_starts=200, train_frequency=4, gradient_steps=4, batch_size=128, hidden_size=64,
-                         gamma=0.8, learning_rate=3e-3, autotune=False, ent_coef=0.01, clip_batch_size=40,
+                         gamma=0.8, learning_rate=3e-3, autotune=False, ent_coef=0.01,
                          eval_episodes=0, video_interval=10**9, clip_precision="fp32", output_dir=str(tmp_path),
                          save_model=True, seed=1)
     result = humanoid.main(args, reward_model=reward_model)
@@ -276,3 +275,14 @@ def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch)
                   untrained=greedy_widths(untrained, args.episode_length),
                   random=greedy_widths(None, args.episode_length))
     assert widths["trained"] > widths["random"] + 0.15 and widths["trained"] > widths["untrained"] + 0.05, widths
+
+
+def test_without_headless_opengl_a_run_stops_with_one_sentence_before_clip_is_loaded(monkeypatch, tmp_path):
+    def no_display(*args):
+        raise RuntimeError("Cannot initialize a EGL device display.")
+
+    monkeypatch.setattr(humanoid.mujoco, "GLContext", no_display)
+    monkeypatch.setattr(humanoid, "load_clip_reward", lambda *a: pytest.fail("a CLIP model was loaded"))
+    with pytest.raises(SystemExit, match=r"^error: MuJoCo cannot render headless with MUJOCO_GL=\w+ \(RuntimeError\): "
+                                         r"install EGL .* set MUJOCO_GL=osmesa\.$"):
+        humanoid.main(humanoid.Args(output_dir=str(tmp_path)))

@@ -226,7 +226,7 @@ def test_stored_rewards_are_those_of_the_states_reached(car_position_reward, tmp
     """Every reward in the buffer equals the stand-in's reward of that transition's own next_obs."""
     buffers = capture_buffers(mountaincar, monkeypatch)
     mountaincar.main(short_args(tmp_path, total_timesteps=400, learning_starts=400, episode_length=30,
-                                num_envs=3, clip_batch_size=64), reward_model=car_position_reward)
+                                num_envs=3), reward_model=car_position_reward)
     rb = buffers[0]
     expected = car_position_reward.model.expected_reward(rb.next_obs[: rb.pos, 0])
     np.testing.assert_allclose(rb.rewards[: rb.pos], expected, atol=0.12)

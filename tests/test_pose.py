@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import tyro
 
-from conftest import ROOT, capture_buffers, humanoid, read_scalars
+from conftest import ROOT, needs_gl, capture_buffers, humanoid, read_scalars
 
 spec = importlib.util.spec_from_file_location("pose_contact_sheet", os.path.join(ROOT, "benchmarks", "pose_contact_sheet.py"))
 contact_sheet = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(contact_sheet)
 POSES = contact_sheet.POSES
 
-needs_gl = pytest.mark.skipif(humanoid.GL_BACKEND is None, reason="no headless OpenGL (EGL or OSMesa)")
 
 # The paper's goal prompts (Table 3), typed here from DESIGN.md: `--task` must give exactly these.
 PAPER_PROMPTS = {
@@ -160,7 +159,7 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path, mon
     steps in the pose: the paper's success is at least half of an episode's steps in the pose."""
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=400,
                          learning_starts=100, train_frequency=100, gradient_steps=4, batch_size=32, hidden_size=32,
-                         clip_batch_size=30, eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
+                         eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
     buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)
     rb = buffers[0]
@@ -222,7 +221,7 @@ def test_training_samples_pose_scores_also_when_the_buffer_wraps(tmp_path, monke
     buffers = capture_buffers(humanoid, monkeypatch)
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=200,
                          learning_starts=100, train_frequency=50, gradient_steps=2, batch_size=16, hidden_size=16,
-                         buffer_size=50, eval_episodes=0, output_dir=str(tmp_path))
+                         buffer_size=130, eval_episodes=0, output_dir=str(tmp_path))
     humanoid.main(args)
     assert buffers[0].full and len(sampled) == 2 * 2 and all(sampled)  # phases at 150 and 200, 2 updates each
 
@@ -238,7 +237,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, task="kneeling", num_envs=2, episode_length=20,
                          total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
-                         hidden_size=16, clip_batch_size=40, eval_episodes=1, video_interval=10**9,
+                         hidden_size=16, eval_episodes=1, video_interval=10**9,
                          clip_precision="fp32", output_dir=str(tmp_path))
     buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)

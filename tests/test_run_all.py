@@ -137,7 +137,7 @@ def fake_run(out, module, final, **flags):
     run_dir = out / "runs" / f"{args.exp_name}__{args.seed}"
     run_dir.mkdir(parents=True)
     module.write_results(str(run_dir), args, dict(global_step=1000, wall_seconds=10.0, eval_clip_return=1.0,
-                                                  eval_last_frame_clip_reward=0.1, **final))
+                                                  eval_last_frame_clip_reward=0.1, **final), {})
     return run_dir
 
 

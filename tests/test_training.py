@@ -68,7 +68,7 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
 def test_stored_rewards_come_from_the_state_each_transition_reached(pole_tilt_reward, tmp_path, monkeypatch):
     """Every stored reward, episode ends included, is the stand-in's reward of that transition's next_obs."""
     args = short_args(tmp_path, total_timesteps=600, learning_starts=10_000, episode_length=40, num_envs=3,
-                      eval_episodes=1, clip_batch_size=64)  # random actions throughout: poles fall within 40 steps
+                      eval_episodes=1)  # random actions throughout: poles fall within 40 steps
     buffers = capture_buffers(cartpole, monkeypatch)
     cartpole.main(args, reward_model=pole_tilt_reward)
     rb = buffers[0]
@@ -122,24 +122,21 @@ def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path
     assert result["eval_success_rate"] >= 0.8, result
 
 
-def test_batched_scoring_writes_every_reward_to_its_slot(pole_tilt_reward):
-    """Frames wait until a batch is full, then CLIP is launched on the whole batch: the same rewards as scoring
-    each frame alone, written to the right slots, and nothing written before `write_to`."""
-    angles = np.linspace(-0.6, 0.6, 10)
-    frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
-    rb = cartpole.ReplayBuffer(16, 4, (), np.int64, "cpu")
-    batches = cartpole.RewardBatches(pole_tilt_reward, batch_size=4)
-    calls = []
-    batches.reward_model = lambda f: calls.append(len(f)) or pole_tilt_reward(f)
-    for step in range(5):  # 2 envs per step: a batch is launched after steps 1 and 3
-        slots = rb.add(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros(2), np.nan, np.zeros(2), np.zeros(2))
-        batches.add(slots, frames[2 * step: 2 * step + 2])
-    assert calls == [4, 4] and len(batches.waiting) == 1 and np.isnan(rb.rewards[:10]).all()
-    batches.write_to(rb)  # launches the rest, then writes every batch
-    assert calls == [4, 4, 2] and not batches.waiting and not batches.scored
-    expected = torch.cat([pole_tilt_reward(frames[i: i + 1]) for i in range(10)]).numpy()
-    np.testing.assert_allclose(rb.rewards[:10], expected, atol=1e-6)
-    assert np.isnan(rb.rewards[10:]).all()
+def test_clip_scores_each_rollout_once_at_its_end(pole_tilt_reward, tmp_path, monkeypatch):
+    """The frames of a rollout wait until it ends (every train-frequency transitions, and at the end of the
+    run); then CLIP scores all of them at once, before any training phase, and never a frame twice."""
+    calls, sampled = [], []
+    forward = type(pole_tilt_reward).forward
+    monkeypatch.setattr(type(pole_tilt_reward), "forward", lambda self, frames: calls.append(len(frames)) or
+                        forward(self, frames))
+    sample = cartpole.ReplayBuffer.sample
+    monkeypatch.setattr(cartpole.ReplayBuffer, "sample", lambda self, n: sampled.append(len(calls)) or sample(self, n))
+    cartpole.main(short_args(tmp_path, total_timesteps=350, learning_starts=100, train_frequency=100,
+                             gradient_steps=2, eval_episodes=0), reward_model=pole_tilt_reward)
+    # The landscape's 9 frames, then rollouts of 100 transitions (2 envs) and the last one, cut short at 350.
+    assert calls == [9, 100, 100, 100, 50]
+    # Training phases after the rollouts ending at 200 and 300 (learning starts at 100): each after its scoring.
+    assert sampled == [3, 3, 4, 4]
 
 
 def test_results_json_holds_flags_figures_and_commit(tmp_path):

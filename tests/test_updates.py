@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import capture_buffers, cartpole, humanoid, mountaincar, read_scalars
-from test_humanoid import needs_gl
+from conftest import capture_buffers, cartpole, humanoid, mountaincar, needs_gl, read_scalars
 
 OBSERVATION_SPACE = mountaincar.CLIPMountainCarEnv().observation_space
 ACTION_SPACE = mountaincar.CLIPMountainCarEnv().action_space
@@ -165,29 +164,12 @@ def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path,
     buffers = capture_buffers(cartpole, monkeypatch)
     args = cartpole.Args(clip_model="unused", total_timesteps=300, learning_starts=100, train_frequency=50,
                          gradient_steps=2, episode_length=40, num_envs=2, eval_episodes=0, landscape_points=5,
-                         clip_batch_size=10_000, buffer_size=130,  # the batch never fills by itself; the ring wraps
+                         buffer_size=130,  # the ring wraps
                          output_dir=str(tmp_path))
     cartpole.main(args, reward_model=pole_tilt_reward)
-    assert len(sampled) == 8 and all(sampled) and buffers[0].full
-
-
-def test_ring_buffer_wraps_with_rewards_still_pending(pole_tilt_reward):
-    """More transitions than slots while their rewards are still being scored: each slot ends up with the
-    reward of the transition that holds it now."""
-    angles = np.linspace(-0.6, 0.6, 12)
-    frames, _ = cartpole.landscape_frames(pole_tilt_reward.image_size, angles)
-    rb = cartpole.ReplayBuffer(8, 4, (), np.int64, "cpu")
-    batches = cartpole.RewardBatches(pole_tilt_reward, batch_size=6)
-    for step in range(6):  # 2 envs: transitions 0..11 go to slots 0..7, then 0..3 again
-        next_obs = np.zeros((2, 4))
-        next_obs[:, 2] = angles[2 * step: 2 * step + 2]
-        slots = rb.add(np.zeros((2, 4)), next_obs, np.zeros(2), np.nan, np.zeros(2), np.zeros(2))
-        batches.add(slots, frames[2 * step: 2 * step + 2])
-        # CLIP is launched on transitions 0..5 after step 2; 6..11 then overwrite slots 6, 7 and 0..3.
-        assert len(batches.scored) == (step >= 2) + (step >= 5) and np.isnan(rb.rewards).all()
-    batches.write_to(rb)
-    expected = pole_tilt_reward(frames).numpy()
-    np.testing.assert_allclose(rb.rewards[[4, 5, 6, 7, 0, 1, 2, 3]], expected[4:], atol=1e-6)
+    rb = buffers[0]
+    assert len(sampled) == 8 and all(sampled) and rb.full
+    # After the ring wrapped, each slot holds the reward of the transition that holds it now.
     np.testing.assert_allclose(rb.rewards, pole_tilt_reward.model.expected_reward(rb.next_obs[:, 2]), atol=0.4)
 
 
