@@ -17,9 +17,9 @@ goal-baseline projection with weight alpha.
 Success is the paper's: in the goal pose for at least half of the episode. The paper asked a person;
 here pose detectors (a few thresholds on body-part positions, one set per task) judge every step.
 
-Top to bottom: headless OpenGL, arguments, the environment (the paper's
-changes, a generated scene and camera), the pose detectors, the CLIP reward, the replay buffer, SAC,
-the reward landscape and evaluation with image strips, then the training loop.
+Top to bottom: arguments, the environment (the paper's changes, a generated scene and camera), the
+pose detectors, the CLIP reward, the replay buffer, SAC, the reward landscape and evaluation with image
+strips, the training loop; below it the plumbing (flag checks, loading CLIP, logging, results, figures).
 """
 
 import atexit
@@ -577,76 +577,10 @@ class CLIPReward(nn.Module):
         rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.chunk_size]))
                    for i in range(0, len(frames), self.chunk_size)]
         return torch.cat(rewards) if rewards else torch.zeros(0, device=self.device)
-
-
-def fail(message: str):
-    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
-    raise SystemExit(f"error: {message}")
-
-
-def check_flags(args, ranges: dict):
-    """Before anything is loaded: stop with one sentence naming the flag if a numeric flag is outside its
-    interval (e.g. "[0, 1]"), a prompt is empty, or the replay buffer is too small."""
-    for name, interval in ranges.items():
-        low, high, value = *(float(bound) for bound in interval[1:-1].split(",")), getattr(args, name)
-        if not (low <= value if interval[0] == "[" else low < value) or not (
-                value <= high if interval[-1] == "]" else value < high):
-            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
-    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
-        if not prompts or any(not p.strip() for p in prompts):
-            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
-    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
-        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
-    least = args.train_frequency + args.num_envs * args.episode_length  # episodes are read from their slots
-    if args.buffer_size < least:
-        fail(f"--buffer-size must hold a rollout and an episode of every env (train-frequency + num-envs x "
-             f"episode-length = {least}), got {args.buffer_size}.")
-
-
-def choose_precision(flag: str, device) -> str:
-    """`auto`: fp16 autocast on a GPU, as the authors ran CLIP, and fp32 on a CPU (a rule, not a measurement)."""
-    precision = flag if flag != "auto" else "fp16" if torch.device(device).type == "cuda" else "fp32"
-    print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
-          + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
-    return precision
-
-
-def load_clip_reward(args, device) -> CLIPReward:
-    """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
-    pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
-    if args.clip_model.endswith(".json"):  # an open_clip model config, known by its file name
-        if not os.path.isfile(args.clip_model):
-            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
-        open_clip.add_model_config(args.clip_model)
-        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
-    if args.clip_model not in open_clip.list_models():
-        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
-             "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
-             "open_clip model config (.json).")
-    local, tags = os.path.isfile(args.clip_pretrained), open_clip.list_pretrained_tags_by_model(args.clip_model)
-    if not local and args.clip_pretrained not in tags:
-        fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
-             f"tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
-    try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
-        if not local:
-            open_clip.download_pretrained(open_clip.get_pretrained_cfg(args.clip_model, args.clip_pretrained))
-    except Exception as e:
-        fail(f"could not download the {args.clip_pretrained!r} weights of {args.clip_model} ({type(e).__name__}): "
-             "run once where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
-             "with the path of a local checkpoint file.")
-    try:
-        model = open_clip.create_model(args.clip_model, pretrained=args.clip_pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(args.clip_model)
-    except Exception as e:
-        fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
-             f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
-    return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt, args.baseline_prompt, args.alpha,
-                      device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
 # ==== END SHARED BLOCK: clip-reward ====
 
 
-# ==== BEGIN SHARED BLOCK: replay-and-logging (identical in every script; tests/test_shared_blocks.py) ====
+# ==== BEGIN SHARED BLOCK: replay-buffer (identical in every script; tests/test_shared_blocks.py) ====
 class ReplayBuffer:
     """Transitions in a ring. The reward the agent learns from is NaN until CLIP has scored the frame (a
     transition sampled too early makes the losses NaN, not silently stale); the environment's reward, the
@@ -671,105 +605,7 @@ class ReplayBuffer:
         idx = np.random.randint(0, self.size if self.full else self.pos, size=batch_size)
         return tuple(torch.as_tensor(a[idx], device=self.device)
                      for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminations))
-
-
-def open_writer(run_dir: str, args) -> SummaryWriter:
-    """TensorBoard's writer for the run, with the flags as a table."""
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    return writer
-
-
-def seed_everything(seed: int, torch_deterministic: bool):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = torch_deterministic
-
-
-def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip: bool, step: int) -> list:
-    """At the end of a rollout, once CLIP's rewards are in the buffer: log each episode that ended in it
-    (`finished`: (step, replay slots) pairs) and, for CLIP runs, how well the learned reward agrees with the
-    ground truth. `is_success(ground-truth return, length)` says what success means (None: no criterion);
-    returns the episodes' successes."""
-    successes = []
-    for end, slots in finished:
-        true_return = float(rb.true_rewards[slots].sum())
-        writer.add_scalar("charts/episodic_return", true_return, end)
-        if is_success is not None:
-            successes.append(float(is_success(true_return, len(slots))))
-            writer.add_scalar("charts/success_rate", successes[-1], end)
-        if uses_clip:
-            writer.add_scalar("charts/episodic_clip_return", rb.rewards[slots].sum(), end)
-            writer.add_scalar("charts/last_frame_clip_reward", rb.rewards[slots[-1]], end)
-    correlation, epic = reward_agreement(rb) if uses_clip else (np.nan, np.nan)
-    if np.isfinite(epic):
-        writer.add_scalar("charts/reward_correlation", correlation, step)
-        writer.add_scalar("charts/epic_distance", epic, step)
-    return successes
-
-
-def reward_agreement(rb: ReplayBuffer, window: int = 10_000) -> tuple[float, float]:
-    """(ρ, sqrt((1 - ρ) / 2)): the correlation of the learned reward with the ground truth over the latest
-    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states: 0 is the
-    same ordering of states, 1 the reverse). NaN while either reward is constant."""
-    recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
-    rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
-    if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:
-        return float("nan"), float("nan")
-    correlation = float(np.corrcoef(rewards, truth)[0, 1])
-    return correlation, float(np.sqrt((1 - correlation) / 2))
-
-
-def write_results(run_dir: str, args, final: dict, model_state: dict):
-    """`results.json`: the flags, the final figures and the code's git commit (run_all.sh's summary reads it);
-    with --save-model, the networks' weights."""
-    if args.save_model:
-        final["model_path"] = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
-        torch.save(model_state, final["model_path"])
-        print(f"model saved to {final['model_path']}")
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
-    except OSError:  # no git on this machine
-        commit = ""
-    figures = {key: value for key, value in final.items() if value is None or isinstance(value, (int, float, str))}
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump({"script": os.path.basename(__file__), "args": vars(args), "results": figures,
-                   "git_commit": commit or "unknown"}, f, indent=1, default=str)
-
-
-def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
-    """The paper's figure 2: the CLIP reward along a path of states, the ground truth's goal region shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if in_goal.any():
-        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
-    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
-    ax.set(xlabel=xlabel, ylabel="CLIP reward")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
-
-
-def save_video(frames, clip_rewards, path: str):
-    """An animated GIF of the frames, each with its CLIP reward written on it."""
-    from PIL import Image, ImageDraw
-
-    images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
-    for t, image in enumerate(images):
-        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
-        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
-# ==== END SHARED BLOCK: replay-and-logging ====
+# ==== END SHARED BLOCK: replay-buffer ====
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1151,6 +987,175 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     write_results(run_dir, args, final, agent.state_dict())
     writer.close()
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing, kept below the method: flag checks, loading CLIP, logging, results and figures
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: plumbing (identical in every script; tests/test_shared_blocks.py) ====
+def fail(message: str):
+    """Stop with one sentence on stderr and exit code 1, no traceback (bad flags, missing weights)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_flags(args, ranges: dict):
+    """Before anything is loaded: stop with one sentence naming the flag if a numeric flag is outside its
+    interval (e.g. "[0, 1]"), a prompt is empty, or the replay buffer is too small."""
+    for name, interval in ranges.items():
+        low, high, value = *(float(bound) for bound in interval[1:-1].split(",")), getattr(args, name)
+        if not (low <= value if interval[0] == "[" else low < value) or not (
+                value <= high if interval[-1] == "]" else value < high):
+            fail(f"--{name.replace('_', '-')} must be in {interval}, got {value}.")
+    for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
+        if not prompts or any(not p.strip() for p in prompts):
+            fail(f"{flag} needs one or more non-empty sentences, e.g. {flag} \"a humanoid robot kneeling\".")
+    if args.alpha > 0 and sorted(args.prompt) == sorted(args.baseline_prompt):
+        fail("--baseline-prompt must differ from --prompt when --alpha > 0: the projection needs a direction.")
+    least = args.train_frequency + args.num_envs * args.episode_length  # episodes are read from their slots
+    if args.buffer_size < least:
+        fail(f"--buffer-size must hold a rollout and an episode of every env (train-frequency + num-envs x "
+             f"episode-length = {least}), got {args.buffer_size}.")
+
+
+def choose_precision(flag: str, device) -> str:
+    """`auto`: fp16 autocast on a GPU, as the authors ran CLIP, and fp32 on a CPU (a rule, not a measurement)."""
+    precision = flag if flag != "auto" else "fp16" if torch.device(device).type == "cuda" else "fp32"
+    print(f"CLIP image encoder runs in {precision}" + (" (autocast)" if precision != "fp32" else "")
+          + (f" (--clip-precision auto on {torch.device(device).type})" if flag == "auto" else ""))
+    return precision
+
+
+def load_clip_reward(args, device) -> CLIPReward:
+    """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
+    pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
+    if args.clip_model.endswith(".json"):  # an open_clip model config, known by its file name
+        if not os.path.isfile(args.clip_model):
+            fail(f"--clip-model {args.clip_model!r}: no such model config file.")
+        open_clip.add_model_config(args.clip_model)
+        args.clip_model = os.path.splitext(os.path.basename(args.clip_model))[0]
+    if args.clip_model not in open_clip.list_models():
+        fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
+             "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
+             "open_clip model config (.json).")
+    local, tags = os.path.isfile(args.clip_pretrained), open_clip.list_pretrained_tags_by_model(args.clip_model)
+    if not local and args.clip_pretrained not in tags:
+        fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
+             f"tag of {args.clip_model} (its tags: {', '.join(tags) or 'none'}).")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
+    try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
+        if not local:
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(args.clip_model, args.clip_pretrained))
+    except Exception as e:
+        fail(f"could not download the {args.clip_pretrained!r} weights of {args.clip_model} ({type(e).__name__}): "
+             "run once where the network is reachable so that open_clip caches them, or pass --clip-pretrained "
+             "with the path of a local checkpoint file.")
+    try:
+        model = open_clip.create_model(args.clip_model, pretrained=args.clip_pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(args.clip_model)
+    except Exception as e:
+        fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
+             f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
+    return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt, args.baseline_prompt, args.alpha,
+                      device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
+
+
+def open_writer(run_dir: str, args) -> SummaryWriter:
+    """TensorBoard's writer for the run, with the flags as a table."""
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    return writer
+
+
+def seed_everything(seed: int, torch_deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip: bool, step: int) -> list:
+    """At the end of a rollout, once CLIP's rewards are in the buffer: log each episode that ended in it
+    (`finished`: (step, replay slots) pairs) and, for CLIP runs, how well the learned reward agrees with the
+    ground truth. `is_success(ground-truth return, length)` says what success means (None: no criterion);
+    returns the episodes' successes."""
+    successes = []
+    for end, slots in finished:
+        true_return = float(rb.true_rewards[slots].sum())
+        writer.add_scalar("charts/episodic_return", true_return, end)
+        if is_success is not None:
+            successes.append(float(is_success(true_return, len(slots))))
+            writer.add_scalar("charts/success_rate", successes[-1], end)
+        if uses_clip:
+            writer.add_scalar("charts/episodic_clip_return", rb.rewards[slots].sum(), end)
+            writer.add_scalar("charts/last_frame_clip_reward", rb.rewards[slots[-1]], end)
+    correlation, epic = reward_agreement(rb) if uses_clip else (np.nan, np.nan)
+    if np.isfinite(epic):
+        writer.add_scalar("charts/reward_correlation", correlation, step)
+        writer.add_scalar("charts/epic_distance", epic, step)
+    return successes
+
+
+def reward_agreement(rb: ReplayBuffer, window: int = 10_000) -> tuple[float, float]:
+    """(ρ, sqrt((1 - ρ) / 2)): the correlation of the learned reward with the ground truth over the latest
+    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states: 0 is the
+    same ordering of states, 1 the reverse). NaN while either reward is constant."""
+    recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
+    rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
+    if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:
+        return float("nan"), float("nan")
+    correlation = float(np.corrcoef(rewards, truth)[0, 1])
+    return correlation, float(np.sqrt((1 - correlation) / 2))
+
+
+def write_results(run_dir: str, args, final: dict, model_state: dict):
+    """`results.json`: the flags, the final figures and the code's git commit (run_all.sh's summary reads it);
+    with --save-model, the networks' weights."""
+    if args.save_model:
+        final["model_path"] = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
+        torch.save(model_state, final["model_path"])
+        print(f"model saved to {final['model_path']}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine
+        commit = ""
+    figures = {key: value for key, value in final.items() if value is None or isinstance(value, (int, float, str))}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"script": os.path.basename(__file__), "args": vars(args), "results": figures,
+                   "git_commit": commit or "unknown"}, f, indent=1, default=str)
+
+
+def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, title: str, path: str):
+    """The paper's figure 2: the CLIP reward along a path of states, the ground truth's goal region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if in_goal.any():
+        ax.axvspan(xs[in_goal].min(), xs[in_goal].max(), color="tab:green", alpha=0.15, label=goal_label)
+    ax.plot(xs, rewards, marker=".", color="tab:blue", label="CLIP reward")
+    ax.set(xlabel=xlabel, ylabel="CLIP reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def save_video(frames, clip_rewards, path: str):
+    """An animated GIF of the frames, each with its CLIP reward written on it."""
+    from PIL import Image, ImageDraw
+
+    images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
+    for t, image in enumerate(images):
+        text = f"t={t:3d}" + (f"  CLIP reward {clip_rewards[t]:.4f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+# ==== END SHARED BLOCK: plumbing ====
 
 
 if __name__ == "__main__":

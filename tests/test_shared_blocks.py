@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ["dqn_clip_cartpole.py", "sac_clip_mountaincar.py", "sac_clip_humanoid.py"]
-EVERY_SCRIPT_HAS = {"clip-reward", "replay-and-logging"}
+EVERY_SCRIPT_HAS = {"clip-reward", "replay-buffer", "plumbing"}
 BLOCK = re.compile(r"^# ==== BEGIN SHARED BLOCK: ([\w-]+) .*?\n(.*?)^# ==== END SHARED BLOCK: \1 ====$",
                    re.DOTALL | re.MULTILINE)
 
