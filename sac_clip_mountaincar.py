@@ -17,11 +17,13 @@ CLIP reward, the replay buffer, SAC (with generalized state-dependent exploratio
 below it the plumbing (flag checks, loading CLIP, logging, results and figures).
 """
 
+import glob
 import json
 import logging
 import math
 import os
 import random
+import signal
 import subprocess
 import time
 from collections import deque
@@ -57,6 +59,18 @@ class Args:
     """transitions between two evaluation videos (with `--capture-video`)"""
     save_model: bool = False
     """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
+    checkpoint_interval: int = 200_000
+    """transitions between two checkpoints (`<run>/checkpoint_<step>.pt`, the newest two kept; one more at the end)"""
+    checkpoint_buffer: bool = True
+    """if toggled, checkpoints hold the replay buffer (1.6 MB at the default size); `--no-checkpoint-buffer`: a resumed run fills a fresh one for learning-starts transitions before it trains again"""
+    resume: str | None = None
+    """a run folder: go on from its newest readable checkpoint, with the run's own flags (others given are ignored)"""
+    track: bool = False
+    """if toggled, the run also goes to Weights & Biases (TensorBoard synced, flags, videos)"""
+    wandb_project_name: str = "vlmrm"
+    """the W&B project (with `--track`)"""
+    wandb_entity: str | None = None
+    """the W&B entity (team) of the project (with `--track`)"""
 
     # Reward
     reward: Literal["clip", "ground-truth"] = "clip"
@@ -128,7 +142,8 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
               learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
               ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)")
+              video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)",
+              checkpoint_interval="[1, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +198,12 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         if self.at_goal:  # absorbing: the car stays where it reached the flag, at rest
             self.state = np.array([self.state[0], 0.0], dtype=np.float32)
         return np.array(self.state, dtype=np.float32), float(self.at_goal), False, False, {"at_goal": self.at_goal}
+
+    def snapshot(self):  # the simulation state, for checkpoints
+        return self.state.copy(), self.at_goal
+
+    def restore(self, snapshot):
+        self.state, self.at_goal = snapshot[0].copy(), snapshot[1]
 
     def set_state(self, position: float, velocity: float = 0.0):
         """Place the car (for the reward landscape and tests)."""
@@ -511,6 +532,22 @@ class SoftActorCritic:
 
     def state_dict(self) -> dict:
         return {"actor": self.actor.state_dict(), "qf1": self.qf1.state_dict(), "qf2": self.qf2.state_dict()}
+
+    def checkpoint(self) -> dict:
+        """Networks, targets, optimizers and the entropy coefficient, for checkpoints (`restore` puts them back)."""
+        parts = ["actor", "qf1", "qf2", "qf1_target", "qf2_target", "q_optimizer", "actor_optimizer"]
+        parts += ["ent_coef_optimizer"] if self.autotune else []
+        state = {name: getattr(self, name).state_dict() for name in parts}
+        return dict(state, ent_coef=self.ent_coef, log_ent_coef=self.log_ent_coef if self.autotune else None)
+
+    def restore(self, state: dict):
+        for name, value in state.items():
+            if isinstance(value, dict):
+                getattr(self, name).load_state_dict(value)
+        self.ent_coef = state["ent_coef"]
+        if self.autotune:
+            with torch.no_grad():
+                self.log_ent_coef.copy_(state["log_ent_coef"])
 # ==== END SHARED BLOCK: sac ====
 
 
@@ -554,17 +591,21 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
+    state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
+    args = Args(**{**state["args"], "resume": args.resume}) if state else args
     check_flags(args, RANGES)
+    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)
     uses_clip = reward_model is not None
     frame_size = reward_model.image_size if uses_clip else (224, 224)
-    run_dir = os.path.join(args.output_dir, f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}")
-    writer = open_writer(run_dir, args)
+    run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.resume or os.path.join(args.output_dir, run_name)
+    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
 
-    if uses_clip:  # the reward landscape: does the prompt rank the car at the flag above the car elsewhere?
+    if uses_clip and not state:  # the reward landscape: does the prompt rank the car at the flag above elsewhere?
         positions = np.linspace(-1.2, 0.6, args.landscape_points)
         frames, at_goal = landscape_frames(frame_size, positions, args.textured)
         rewards = reward_model(frames).cpu().numpy()
@@ -575,6 +616,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
         writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
         print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work)")
+        estimate_run_time(reward_model, frames, args)
 
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
@@ -591,7 +633,20 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     envs.action_space.seed(args.seed)
     exploration = actor.sample_exploration(args.num_envs) if args.sde else None
     to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    start_time, global_step, rollouts_done, updates_done, next_video, losses = time.time(), 0, 0, 0, 0, {}
+    global_step, rollouts_done, updates_done, next_video, losses = 0, 0, 0, 0, {}
+    learning_starts, updates_before = args.learning_starts, 0
+    if state:  # everything as it was at the checkpoint
+        agent.restore(state["agent"])
+        global_step, rollouts_done, updates_done, next_video = state["counters"]
+        obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
+        exploration = state["exploration"]
+        successes = deque(state["successes"], maxlen=10)
+        restore_random_and_env_state(state, envs, rb)
+        if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
+            obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
+            learning_starts, updates_before = global_step + args.learning_starts, updates_done
+    stop, start_time, start_step = StopRequests(), time.time(), global_step
+    checkpoints_done = global_step // args.checkpoint_interval
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
@@ -618,19 +673,21 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         # end of the run: CLIP scores its frames (--clip-chunk-size at a time) and the finished episodes are logged.
         # After learning starts, each rollout is followed by a training phase of gradient-steps updates (counted in
         # transitions, so that the updates per transition do not depend on --num-envs).
-        if global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps:
+        rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
+        if rollout_ends:
             rollouts_done = global_step // args.train_frequency
             if to_score:
                 slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
                 rb.rewards[slots] = reward_model(frames).cpu().numpy()
             successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
             to_score, finished = [], []
-        updates_owed = args.gradient_steps * max(rollouts_done - args.learning_starts // args.train_frequency, 0)
+        phases = max(rollouts_done - learning_starts // args.train_frequency, 0)
+        updates_owed = updates_before + args.gradient_steps * phases
         if updates_owed - updates_done >= args.gradient_steps:
             for _ in range(updates_owed - updates_done):
                 losses = agent.update(*rb.sample(args.batch_size))
             updates_done = updates_owed
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
@@ -638,16 +695,33 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
             if global_step % 1000 < args.train_frequency:
                 recent = f"{np.mean(successes):.2f}" if successes else "-"
-                print(f"step {global_step}: SPS {sps}, td_loss {losses['td_loss']:.4g}, q {losses['q_values']:.4g}, "
-                      f"success (last 10 episodes) {recent}")
+                print(f"{progress(global_step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
+                      f"q {losses['q_values']:.4g}, success (last 10 episodes) {recent}", flush=True)
 
         if args.capture_video and global_step >= next_video:
             episode = evaluate(actor, reward_model, args, device, 1, args.seed)[0]
             save_video(episode["frames"], episode["clip_rewards"],
-                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"))
+                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"), args.track)
             next_video += args.video_interval
+
+        # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
+        # at the end, and when SIGTERM or Ctrl-C asked the run to stop.
+        if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
+                             or global_step >= args.total_timesteps):
+            checkpoints_done = global_step // args.checkpoint_interval
+            save_checkpoint(run_dir, dict(
+                args=flags, global_step=global_step, counters=(global_step, rollouts_done, updates_done, next_video),
+                agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
+                losses=losses, exploration=exploration, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
+            if stop:
+                print(f"stopped at step {global_step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+                      f"--resume {run_dir}", flush=True)
+                close_writer(writer, args)
+                stop.close()
+                raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+    stop.close()
     envs.close()
-    sps = global_step / (time.time() - start_time)  # training only: the final evaluation is not in the SPS
+    sps = (global_step - start_step) / (time.time() - start_time)  # training only: not the final evaluation
 
     results = evaluate(actor, reward_model, args, device, args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
@@ -663,7 +737,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
     write_results(run_dir, args, final, agent.state_dict())
-    writer.close()
+    close_writer(writer, args)
     return final
 
 
@@ -737,12 +811,28 @@ def load_clip_reward(args, device) -> CLIPReward:
                       device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
 
 
-def open_writer(run_dir: str, args) -> SummaryWriter:
-    """TensorBoard's writer for the run, with the flags as a table."""
-    writer = SummaryWriter(run_dir)
+def open_writer(run_dir: str, args, resume_step: int | None = None) -> SummaryWriter:
+    """TensorBoard's writer for the run, with the flags as a table; a resumed run writes on from `resume_step`
+    (TensorBoard drops what an interrupted run logged from there on, after its checkpoint). With --track,
+    Weights & Biases mirrors it (imported only then)."""
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), dir=run_dir,
+                   name=os.path.basename(run_dir), id=os.path.basename(run_dir), resume="allow",
+                   sync_tensorboard=True, save_code=True)
+    writer = SummaryWriter(run_dir, purge_step=resume_step)
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     return writer
+
+
+def close_writer(writer, args):
+    writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish()
 
 
 def seed_everything(seed: int, torch_deterministic: bool):
@@ -750,6 +840,111 @@ def seed_everything(seed: int, torch_deterministic: bool):
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = torch_deterministic
+
+
+class StopRequests(list):
+    """SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C ask the run to stop at the end
+    of the rollout, after a checkpoint; a second Ctrl-C stops it at once. `close()` gives the signals back."""
+
+    def __init__(self):
+        super().__init__()
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        if self and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.append(signal.Signals(signum).name)
+        print(f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: now, "
+              "without one)", flush=True)
+
+    def close(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def random_and_env_state(envs, rb, with_buffer: bool) -> dict:
+    """What a checkpoint holds besides the agent and the loop's counters: the random streams (Python, NumPy,
+    torch, each env's and the action space's), each env's simulation and time-limit count, the replay buffer."""
+    return dict(random=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                action_space=envs.action_space.np_random.bit_generator.state,
+                envs=[(env.unwrapped.np_random.bit_generator.state, env.get_wrapper_attr("_elapsed_steps"),
+                       env.unwrapped.snapshot()) for env in envs.envs],
+                buffer={key: value[: rb.size if rb.full else rb.pos] if isinstance(value, np.ndarray) else value
+                        for key, value in vars(rb).items() if key != "device"} if with_buffer else None)
+
+
+def restore_random_and_env_state(state: dict, envs, rb):
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    envs.action_space.np_random.bit_generator.state = state["action_space"]
+    for env, (rng, elapsed_steps, snapshot) in zip(envs.envs, state["envs"]):
+        env.unwrapped.np_random.bit_generator.state = rng
+        env.set_wrapper_attr("_elapsed_steps", elapsed_steps)
+        env.unwrapped.restore(snapshot)
+    for key, value in (state["buffer"] or {}).items():  # the stored part of each array
+        if isinstance(value, np.ndarray):
+            getattr(rb, key)[: len(value)] = value
+        else:
+            setattr(rb, key, value)
+
+
+def save_checkpoint(run_dir: str, state: dict, keep: int = 2) -> str:
+    """`checkpoint_<step>.pt`, written atomically (to a temporary file, then renamed: a crash mid-write never
+    leaves a broken checkpoint); the newest `keep` are kept."""
+    path = os.path.join(run_dir, f"checkpoint_{state['global_step']:012d}.pt")
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    for old in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")))[:-keep]:
+        os.remove(old)
+    return path
+
+
+def load_checkpoint(run_dir: str) -> dict:
+    """The newest checkpoint of a run folder that can be read (a damaged one is skipped, with a note)."""
+    for path in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")), reverse=True):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            print(f"note: {path} cannot be read ({type(e).__name__}); the run goes back to the one before it.")
+    fail(f"--resume {run_dir!r} holds no readable checkpoint (checkpoint_*.pt): start the run anew.")
+
+
+def duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 1440}d{minutes // 60 % 24:02d}h" if minutes >= 1440 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def progress(step: int, total: int, steps_per_second: float) -> str:
+    """`step 16000/3000000 (0.5%), 412 steps/s, ETA 2h01m`: a plain line, as readable in a log file as in a terminal."""
+    eta = duration((total - step) / steps_per_second) if steps_per_second > 0 else "-"
+    return f"step {step}/{total} ({100 * step / total:.1f}%), {steps_per_second:.0f} steps/s, ETA {eta}"
+
+
+def estimate_run_time(reward_model, frames, args):
+    """Before training: how long CLIP alone takes to score the run's frames at the speed measured here, and
+    where that is more than a week, what ViT-B-32 (timed here with random weights: speed does not depend on
+    them) would take instead."""
+    def seconds_per_frame(model):
+        model(frames[:1])  # the first pass sets things up; it is not the speed
+        start = time.perf_counter()
+        model(frames)
+        return (time.perf_counter() - start) / len(frames)
+
+    seconds = args.total_timesteps * seconds_per_frame(reward_model)
+    print(f"estimate: CLIP alone needs {duration(seconds)} for {args.total_timesteps} steps here "
+          f"({args.clip_model}, {reward_model.precision} on {reward_model.device.type}); the run takes longer")
+    if seconds > 7 * 86400 and args.clip_model != "ViT-B-32":
+        small = CLIPReward(open_clip.create_model("ViT-B-32", device=reward_model.device).eval(),
+                           open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha,
+                           reward_model.device, reward_model.chunk_size, reward_model.precision)
+        small_seconds = args.total_timesteps * seconds_per_frame(small)
+        print(f"warning: {args.clip_model} on this {reward_model.device.type} needs {duration(seconds)} for this run; "
+              f"ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need "
+              f"{duration(small_seconds)}, or run on a GPU.")
 
 
 def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip: bool, step: int) -> list:
@@ -823,8 +1018,8 @@ def plot_reward_landscape(xs, rewards, in_goal, xlabel: str, goal_label: str, ti
     return fig
 
 
-def save_video(frames, clip_rewards, path: str):
-    """An animated GIF of the frames, each with its CLIP reward written on it."""
+def save_video(frames, clip_rewards, path: str, track: bool = False):
+    """An animated GIF of the frames, each with its CLIP reward written on it (sent to W&B with --track)."""
     from PIL import Image, ImageDraw
 
     images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
@@ -833,6 +1028,10 @@ def save_video(frames, clip_rewards, path: str):
         ImageDraw.Draw(image).text((6, 6), text, fill=(0, 0, 0))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    if track:
+        import wandb
+
+        wandb.log({"videos/eval": wandb.Video(path)})
 # ==== END SHARED BLOCK: plumbing ====
 
 
