@@ -926,25 +926,26 @@ def progress(step: int, total: int, steps_per_second: float) -> str:
 
 def estimate_run_time(reward_model, frames, args):
     """Before training: how long CLIP alone takes to score the run's frames at the speed measured here, and
-    where that is more than a week, what ViT-B-32 (timed here with random weights: speed does not depend on
-    them) would take instead."""
-    def seconds_per_frame(model):
-        model(frames[:1])  # the first pass sets things up; it is not the speed
+    where that is more than a week, what ViT-B-32 would take (timed here with random weights: the speed does
+    not depend on them)."""
+    def seconds_per_frame(model, sample=frames[:8]):
+        model(sample[:1]).cpu()  # the first pass sets things up; it is not the speed
         start = time.perf_counter()
-        model(frames)
-        return (time.perf_counter() - start) / len(frames)
+        model(sample).cpu()  # .cpu() waits for a GPU to finish
+        return (time.perf_counter() - start) / len(sample)
 
     seconds = args.total_timesteps * seconds_per_frame(reward_model)
-    print(f"estimate: CLIP alone needs {duration(seconds)} for {args.total_timesteps} steps here "
-          f"({args.clip_model}, {reward_model.precision} on {reward_model.device.type}); the run takes longer")
-    if seconds > 7 * 86400 and args.clip_model != "ViT-B-32":
-        small = CLIPReward(open_clip.create_model("ViT-B-32", device=reward_model.device).eval(),
-                           open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha,
-                           reward_model.device, reward_model.chunk_size, reward_model.precision)
-        small_seconds = args.total_timesteps * seconds_per_frame(small)
-        print(f"warning: {args.clip_model} on this {reward_model.device.type} needs {duration(seconds)} for this run; "
-              f"ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need "
-              f"{duration(small_seconds)}, or run on a GPU.")
+    device = reward_model.device.type
+    print(f"estimate: CLIP alone needs {duration(seconds)} for {args.total_timesteps} steps here ({args.clip_model}, "
+          f"{reward_model.precision} on {device}); the run takes longer")
+    if seconds > 7 * 86400:
+        small = CLIPReward(open_clip.create_model("ViT-B-32", device=device).eval(),
+                           open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha, device,
+                           reward_model.chunk_size, reward_model.precision)
+        instead = args.total_timesteps * seconds_per_frame(small)
+        print(f"warning: at this speed the run cannot finish ({duration(seconds)} for CLIP alone); " + (
+            f"ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need {duration(instead)} "
+            f"on this {device}, or run on a GPU." if instead < seconds else "run on a GPU."))
 
 
 def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip: bool, step: int) -> list:

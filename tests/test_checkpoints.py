@@ -98,3 +98,131 @@ def test_a_run_stopped_by_sigterm_and_resumed_ends_as_if_never_stopped(module, t
     resumed = module.main(module.Args(resume=run_dir), reward_model=tiny_reward(module, tiny_clip))
     assert resumed["run_dir"] == run_dir
     assert_same_run(whole, resumed)
+
+
+def test_a_checkpoint_cut_mid_write_or_damaged_later_is_skipped_for_the_one_before(tiny_clip, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Checkpoints are written to a temporary file and renamed: a crash mid-write (here: the disk fills up
+    during the second one) leaves the first intact, and the run resumes from it and ends as if never stopped.
+    A newest checkpoint damaged afterwards is skipped for the one before it."""
+    flags = dict(checkpoint_interval=200)
+    whole = cartpole.main(short_args(cartpole, tmp_path / "whole", **flags), reward_model=tiny_reward(cartpole, tiny_clip))
+    save, calls = torch.save, []
+
+    def save_that_fails_the_second_time(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+            raise OSError("No space left on device")
+        return save(obj, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save_that_fails_the_second_time)
+        with pytest.raises(OSError):
+            cartpole.main(short_args(cartpole, tmp_path / "crashed", **flags), reward_model=tiny_reward(cartpole, tiny_clip))
+    run_dir = only_run_dir(tmp_path / "crashed")
+    assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [
+        "checkpoint_000000000200.pt", "checkpoint_000000000400.pt.tmp"]
+    resumed = cartpole.main(cartpole.Args(resume=run_dir), reward_model=tiny_reward(cartpole, tiny_clip))
+    assert_same_run(whole, resumed)
+
+    # Damaged later (a disk error, a copy cut short): the newest is skipped, with a note.
+    assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [
+        "checkpoint_000000000400.pt", "checkpoint_000000000600.pt"]  # the newest two are kept
+    with open(os.path.join(run_dir, "checkpoint_000000000600.pt"), "r+b") as f:
+        f.truncate(1000)
+    capsys.readouterr()
+    assert cartpole.load_checkpoint(run_dir)["global_step"] == 400
+    assert "checkpoint_000000000600.pt cannot be read" in capsys.readouterr().out
+
+
+def test_without_the_buffer_a_resumed_run_fills_a_fresh_one_before_it_trains(tiny_clip, tmp_path, monkeypatch):
+    """--no-checkpoint-buffer: the checkpoint holds no transitions; the resumed run starts new episodes in a
+    fresh buffer and trains again only once it holds learning-starts transitions."""
+    flags = dict(checkpoint_buffer=False, total_timesteps=1000)
+    with monkeypatch.context() as patch:
+        sigterm_when_stored(cartpole, patch, 350)
+        with pytest.raises(SystemExit):
+            cartpole.main(short_args(cartpole, tmp_path, **flags), reward_model=tiny_reward(cartpole, tiny_clip))
+    run_dir = only_run_dir(tmp_path)
+    state = cartpole.load_checkpoint(run_dir)
+    assert state["buffer"] is None and state["counters"][2] == 20  # phases after 300 and 400: 10 updates each
+    stored_at_sample = []
+    sample = cartpole.ReplayBuffer.sample
+    monkeypatch.setattr(cartpole.ReplayBuffer, "sample", lambda self, n: stored_at_sample.append(self.pos) or sample(self, n))
+    resumed = cartpole.main(cartpole.Args(resume=run_dir), reward_model=tiny_reward(cartpole, tiny_clip))
+    # The fresh buffer holds the 600 transitions after step 400; training waits for 200 of them (learning-starts):
+    # phases after 700, 800, 900 and 1,000.
+    assert min(stored_at_sample) == 300 and resumed["gradient_steps_done"] == 20 + 4 * 10
+
+
+def test_sigterm_through_the_command_line_stops_with_the_command_that_resumes(tmp_path):
+    """The real signal to a real process: it stops at the end of the rollout with a checkpoint, says how to go
+    on, and exits 143 (128 + SIGTERM); the command it printed finishes the run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    command = [sys.executable, "dqn_clip_cartpole.py", "--reward", "ground-truth", "--total-timesteps", "4000",
+               "--learning-starts", "400", "--train-frequency", "200", "--gradient-steps", "10", "--num-envs", "4",
+               "--episode-length", "50", "--eval-episodes", "1", "--output-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("step "):  # training has started: the loop is running
+            process.send_signal(signal.SIGTERM)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    (stopped,) = [line for line in out.splitlines() if line.startswith("stopped at step ")]
+    step = int(stopped.split()[3])
+    assert step < 4000 and step % 200 == 0 and "(SIGTERM); to go on: python dqn_clip_cartpole.py --resume " in stopped
+    resume = stopped.split("to go on: ")[1].split()
+    finished = subprocess.run([sys.executable, *resume[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    import json
+
+    with open(os.path.join(resume[-1], "results.json")) as f:
+        assert json.load(f)["results"]["global_step"] == 4000
+
+
+def test_track_sends_flags_curves_and_videos_to_wandb_offline(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = cartpole.main(short_args(cartpole, tmp_path, track=True, wandb_project_name="vlmrm-test", total_timesteps=400,
+                                      capture_video=True, video_interval=300), reward_model=tiny_reward(cartpole, tiny_clip))
+    (offline,) = glob.glob(os.path.join(result["run_dir"], "wandb", "offline-run-*"))
+    assert offline.endswith(os.path.basename(result["run_dir"]))  # the W&B run is named after the run folder
+    with open(glob.glob(os.path.join(offline, "*.wandb"))[0], "rb") as f:
+        log = f.read()
+    for expected in (b"train_frequency", b"learning_rate", b"charts/episodic_return", b"losses/td_loss", b"videos/eval"):
+        assert expected in log, expected  # the flags, the synced TensorBoard scalars, the videos
+    videos = glob.glob(os.path.join(offline, "files", "media", "videos", "**", "*.gif"), recursive=True)
+    assert len(videos) == 2  # at steps 0 and 300
+
+
+def test_progress_line_and_eta():
+    assert cartpole.progress(16_000, 3_000_000, 412) == "step 16000/3000000 (0.5%), 412 steps/s, ETA 2h00m"
+    assert cartpole.duration(13 * 86400 + 5 * 3600 + 59) == "13d05h" and cartpole.duration(59) == "0h00m"
+
+
+def test_an_absurd_estimate_warns_and_names_a_smaller_model(tmp_path, capsys):
+    """A reward model as slow as ViT-bigG-14 on a CPU: the run's estimate comes with a warning that names
+    ViT-B-32 and what it would need, timed here."""
+    import time as clock
+
+    class SlowReward(torch.nn.Module):  # 0.4 s a frame, stands in for a large model on a CPU
+        device, precision, chunk_size = torch.device("cpu"), "fp32", 256
+
+        def forward(self, frames):
+            clock.sleep(0.4 * len(frames))
+            return torch.zeros(len(frames))
+
+    args = cartpole.Args(clip_model="ViT-bigG-14", total_timesteps=10_000_000)
+    frames = np.zeros((3, 224, 224, 3), np.uint8)
+    cartpole.estimate_run_time(SlowReward(), frames, args)
+    estimate, warning = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert estimate.startswith("estimate: CLIP alone needs 46d") and "(ViT-bigG-14, fp32 on cpu)" in estimate
+    assert warning.startswith("warning: at this speed the run cannot finish (46d")
+    assert "ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need " in warning
