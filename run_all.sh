@@ -38,12 +38,13 @@ EOF
 fail_usage() { echo "run_all.sh: $1" >&2; usage >&2; exit 2; }
 
 DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 SLURM=0 SEEDS=1 JOBS=1 OUTPUT_DIR="" PYTHON=python
-PARTITION="" GPUS_PER_TASK=1 TIME_LIMIT=48:00:00 ONLY=()
+PARTITION="" GPUS_PER_TASK=1 TIME_LIMIT=48:00:00 ONLY=() RUN_INDEX=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --smoke) SMOKE=1 ;;
         --summary-only) SUMMARY_ONLY=1 ;;
+        --run-index) [ $# -ge 2 ] || fail_usage "--run-index needs a value"; RUN_INDEX=$2; shift ;;  # a SLURM task
         --slurm) SLURM=1 ;;
         --only) [ $# -ge 2 ] || fail_usage "--only needs a value"
             case "$2" in cartpole|mountaincar|humanoid) ONLY+=("$2") ;;
@@ -329,28 +330,63 @@ fi
 
 # Each run's name, "<experiment>_seed<N>", names its log and exit-status files.
 run_names=() commands=()
-while IFS=$'\t' read -r name command; do
-    run_names+=("$name") commands+=("$command")
-done <<<"$PLAN"
+if [ -n "$RUN_INDEX" ]; then  # one task of the SLURM array: the grid as it was submitted
+    mapfile -t run_names < "$OUTPUT_DIR/run_names.txt"
+    mapfile -t commands < "$OUTPUT_DIR/commands.txt"
+else
+    while IFS=$'\t' read -r name command; do
+        run_names+=("$name") commands+=("$command")
+    done <<<"$PLAN"
+    printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"
+    printf '%s\n' "${run_names[@]}" > "$OUTPUT_DIR/run_names.txt"
+fi
 
-printf '%s\n' "${commands[@]}" > "$OUTPUT_DIR/commands.txt"
-printf '%s\n' "${run_names[@]}" > "$OUTPUT_DIR/run_names.txt"
+# Each run: skipped when its folder has results.json (finished), resumed when it has a checkpoint (a run folder
+# is "<Env>__<experiment>__<seed>__<time>"), else started; its log grows across attempts. SIGTERM is passed on to
+# the run, which stops at the end of its rollout with a checkpoint (exit 143).
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
+else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
+run_one() {  # $1 = run index, $2 = lane; returns the run's exit status
+    local name=${run_names[$1]} command=${commands[$1]} dir what=start code
+    local experiment=${name%_seed*} seed=${name##*_seed}
+    for dir in $(ls -d "$OUTPUT_DIR/runs/"*"__${experiment}__${seed}__"* 2>/dev/null | sort -r); do
+        if [ -f "$dir/results.json" ]; then echo "[$(date +%H:%M:%S)] skip $name (finished: $dir)"; return 0; fi
+        if compgen -G "$dir/checkpoint_*.pt" >/dev/null; then
+            command="${command%% --seed *} --resume $dir" what=resume
+            break
+        fi
+    done
+    if [ ${#GPU_IDS[@]} -gt 0 ]; then export CUDA_VISIBLE_DEVICES=${GPU_IDS[$(( $2 % ${#GPU_IDS[@]} ))]}; fi
+    echo "[$(date +%H:%M:%S)] $what $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
+    eval "exec $command" >> "$OUTPUT_DIR/logs/$name.log" 2>&1 &
+    local pid=$!
+    trap "kill -TERM $pid 2>/dev/null" TERM
+    wait $pid; code=$?
+    while kill -0 $pid 2>/dev/null; do wait $pid; code=$?; done  # a signal interrupted the wait: wait for the run
+    trap - TERM
+    echo $code > "$OUTPUT_DIR/logs/$name.status"
+    echo "[$(date +%H:%M:%S)] $([ $code = 0 ] && echo done || echo "FAILED (exit $code)") $name"
+    return $code
+}
 
-if [ $SLURM = 1 ]; then
+if [ -n "$RUN_INDEX" ]; then run_one "$RUN_INDEX" 0; exit $?; fi  # one task of the SLURM array
+
+if [ $SLURM = 1 ]; then  # SIGTERM 5 minutes before the time limit (or on preemption): checkpoint, then requeue
     cat > "$OUTPUT_DIR/slurm_array.sh" <<EOF
 #!/usr/bin/env bash
 #SBATCH --job-name=vlmrm
 #SBATCH --array=0-$(( ${#commands[@]} - 1 ))
 #SBATCH --gres=gpu:$GPUS_PER_TASK
 #SBATCH --time=$TIME_LIMIT
+#SBATCH --signal=B:TERM@300
+#SBATCH --requeue
 #SBATCH --output=$OUTPUT_DIR/logs/slurm_%A_%a.out
 $([ -n "$PARTITION" ] && echo "#SBATCH --partition=$PARTITION")
 cd "$PWD"
-name=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/run_names.txt")
-command=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" "$OUTPUT_DIR/commands.txt")
-trap 'echo "143 (terminated by SLURM)" > "$OUTPUT_DIR/logs/\$name.status"; exit 143' TERM
-eval "\$command" > "$OUTPUT_DIR/logs/\$name.log" 2>&1
-echo \$? > "$OUTPUT_DIR/logs/\$name.status"
+bash run_all.sh --run-index \$SLURM_ARRAY_TASK_ID --output-dir "$OUTPUT_DIR" --python "$PYTHON" &
+task=\$!
+trap 'kill -TERM \$task; wait \$task; scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"; exit 0' TERM
+wait \$task
 EOF
     sbatch "$OUTPUT_DIR/slurm_array.sh" || { echo "run_all.sh: sbatch failed" >&2; exit 1; }
     echo "submitted ${#commands[@]} runs; when they are done: bash run_all.sh --summary-only --output-dir $OUTPUT_DIR"
@@ -359,21 +395,20 @@ fi
 
 # Locally: --jobs lanes run at the same time; lane j runs runs j, j + jobs, ... one after the other,
 # on GPU j mod (number of GPUs), so that two runs share a GPU only when there are more lanes than GPUs.
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
-else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
-run_one() {  # $1 = run index, $2 = lane
-    local name=${run_names[$1]} command=${commands[$1]}
-    if [ ${#GPU_IDS[@]} -gt 0 ]; then export CUDA_VISIBLE_DEVICES=${GPU_IDS[$(( $2 % ${#GPU_IDS[@]} ))]}; fi
-    echo "[$(date +%H:%M:%S)] start $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
-    eval "$command" > "$OUTPUT_DIR/logs/$name.log" 2>&1
-    local code=$?
-    echo $code > "$OUTPUT_DIR/logs/$name.status"
-    echo "[$(date +%H:%M:%S)] $([ $code = 0 ] && echo done || echo "FAILED (exit $code)") $name"
-}
+# Ctrl-C or SIGTERM: each running run checkpoints at the end of its rollout and the lanes stop; rerunning the
+# same command goes on.
 lane() {
     local i
-    for ((i = $1; i < ${#commands[@]}; i += JOBS)); do run_one "$i" "$1"; done
+    for ((i = $1; i < ${#commands[@]}; i += JOBS)); do
+        run_one "$i" "$1"
+        case $? in 130|143) return ;; esac  # stopped: start nothing more
+    done
 }
-for ((j = 0; j < JOBS; j++)); do lane "$j" & done
-wait
+lanes=()
+for ((j = 0; j < JOBS; j++)); do lane "$j" & lanes+=($!); done
+STOPPED=0
+trap 'STOPPED=1; echo "run_all.sh: stopping; the running runs checkpoint first, then rerun this command to go on"
+      kill -TERM "${lanes[@]}" 2>/dev/null' INT TERM
+while ! wait; do :; done  # a signal interrupts wait: wait again until every lane has stopped
 summarize
+[ $STOPPED = 0 ] || exit 130

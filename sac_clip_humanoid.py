@@ -1175,7 +1175,7 @@ class StopRequests(list):
         self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def handle(self, signum, frame):
-        if self and signum == signal.SIGINT:
+        if signum == signal.SIGINT and "SIGINT" in self:
             raise KeyboardInterrupt
         self.append(signal.Signals(signum).name)
         print(f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: now, "

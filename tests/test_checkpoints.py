@@ -7,6 +7,7 @@ same final weights, same logged curve.
 import glob
 import os
 import signal
+import time
 
 import numpy as np
 import open_clip
@@ -194,10 +195,15 @@ def test_track_sends_flags_curves_and_videos_to_wandb_offline(tiny_clip, tmp_pat
                                       capture_video=True, video_interval=300), reward_model=tiny_reward(cartpole, tiny_clip))
     (offline,) = glob.glob(os.path.join(result["run_dir"], "wandb", "offline-run-*"))
     assert offline.endswith(os.path.basename(result["run_dir"]))  # the W&B run is named after the run folder
-    with open(glob.glob(os.path.join(offline, "*.wandb"))[0], "rb") as f:
-        log = f.read()
-    for expected in (b"train_frequency", b"learning_rate", b"charts/episodic_return", b"losses/td_loss", b"videos/eval"):
-        assert expected in log, expected  # the flags, the synced TensorBoard scalars, the videos
+    expected = (b"train_frequency", b"learning_rate", b"charts/episodic_return", b"losses/td_loss", b"videos/eval")
+    for _ in range(120):  # W&B's service process writes the run's log on its own, a moment after wandb.finish()
+        with open(glob.glob(os.path.join(offline, "*.wandb"))[0], "rb") as f:
+            log = f.read()
+        if all(key in log for key in expected):
+            break
+        time.sleep(0.5)
+    for key in expected:
+        assert key in log, key  # the flags, the synced TensorBoard scalars, the videos
     videos = glob.glob(os.path.join(offline, "files", "media", "videos", "**", "*.gif"), recursive=True)
     assert len(videos) == 2  # at steps 0 and 300
 

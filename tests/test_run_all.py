@@ -2,6 +2,7 @@
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -63,19 +64,42 @@ def test_bad_flags_give_the_usage():
         assert result.returncode == 2 and "usage: bash run_all.sh" in result.stderr, flags
 
 
-def test_smoke_grid_runs_every_experiment_and_writes_the_summary(tmp_path):
+def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_the_summary(tmp_path):
     """CartPole's and the humanoid's experiments for a few steps each (MountainCar's differ from CartPole's
-    only in flags the dry run checks, and each run costs ~8 s of start-up), one run failing on purpose: it
-    is recorded as failed and the others finish; the summary is rebuilt from the run folders; a killed run
-    is listed as missing."""
+    only in flags the dry run checks, and each run costs ~8 s of start-up), one run failing on purpose.
+    Ctrl-C stops the grid; the same command again skips the finished runs, resumes one with a checkpoint and
+    starts the rest. The failed run is recorded as failed and the others finish; the summary is rebuilt from
+    the run folders; a killed run is listed as missing."""
     wrapper = tmp_path / "python_that_fails_once"
     wrapper.write_text(f'#!/usr/bin/env bash\ncase "$*" in *cartpole_alpha0.25*) exit 3 ;; esac\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     out = tmp_path / "out"
-    result = run_all("--python", str(wrapper), "--smoke", "--only", "cartpole", "--only", "humanoid", "--jobs", "2",
-                     "--output-dir", str(out))  # the last --python wins
+    command = ["bash", os.path.join(ROOT, "run_all.sh"), "--python", str(wrapper), "--smoke", "--only", "cartpole",
+               "--only", "humanoid", "--jobs", "2", "--output-dir", str(out)]  # the last --python wins
+    grid = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy"})
+    ended = 0
+    for line in grid.stdout:  # Ctrl-C (SIGINT to the whole process group) once four runs have ended
+        ended += " done " in line or " FAILED " in line
+        if ended == 4:
+            os.killpg(grid.pid, signal.SIGINT)
+            break
+    first = grid.communicate(timeout=300)[0]
+    assert grid.returncode == 130 and "run_all.sh: stopping" in first, first[-3000:]
+    done = sorted(path.parent for path in (out / "runs").glob("*/results.json"))
+    assert 3 <= len(done) < 18, done
+    # One finished run lost its results (say, the node died while writing them): it has its final checkpoint.
+    os.remove(done[0] / "results.json")
+    lost, finished = done[0].name.split("__")[1], {run.name.split("__")[1] for run in done[1:]}
+
+    result = run_all(*command[2:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "FAILED (exit 3) cartpole_alpha0.25_seed1" in result.stdout
+    skipped = {line.split()[2].rsplit("_seed", 1)[0] for line in result.stdout.splitlines() if " skip " in line}
+    assert skipped == finished
+    assert f"resume {lost}_seed1" in result.stdout
+    assert "FAILED (exit 3) cartpole_alpha0.25_seed1" in result.stdout + first
+    # A task of a SLURM array runs its line of the grid as submitted, with the same rule: here, a finished run.
+    assert "skip cartpole_alpha0_seed1 (finished" in run_all("--run-index", "0", "--output-dir", str(out)).stdout
     rows = read_summary(out)
     failed = [r for r in rows if r["status"] != "ok"]
     assert len(rows) == 6 + 13 and [r["experiment"] for r in failed] == ["cartpole_alpha0.25"], failed
@@ -126,6 +150,11 @@ def test_slurm_submits_one_array_task_per_run(tmp_path):
     assert (tmp_path / "sbatch_args").read_text().strip() == str(out / "slurm_array.sh")
     array = (out / "slurm_array.sh").read_text()
     assert "#SBATCH --array=0-21" in array and "#SBATCH --partition=gpu" in array and "--gres=gpu:1" in array
+    # SIGTERM 5 minutes before the time limit reaches the run (checkpoint), then the task is requeued; a requeued
+    # task resumes its run (run_all.sh --run-index, tested in the smoke grid).
+    assert "#SBATCH --signal=B:TERM@300" in array and "#SBATCH --requeue" in array
+    assert f'bash run_all.sh --run-index $SLURM_ARRAY_TASK_ID --output-dir "{out}"' in array
+    assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in array
     commands = (out / "commands.txt").read_text().strip().splitlines()
     assert len(commands) == 22 and all("sac_clip_mountaincar.py" in c for c in commands)
     assert not list((out / "runs").iterdir())  # nothing ran here
