@@ -153,12 +153,13 @@ for path in sorted(glob.glob(os.path.join(out, "runs", "*", "results.json"))):
         last_frame_clip_reward=res.get("eval_last_frame_clip_reward", ""),
         epic_distance=res.get("epic_distance", float("nan")), status="ok",
         git_commit=run["git_commit"], run_dir=os.path.dirname(path)))
+finished = {(r["experiment"], r["seed"]) for r in rows}  # results.json wins over an older attempt's exit status
 for path in sorted(glob.glob(os.path.join(out, "logs", "*.status"))):
     with open(path) as f:
         code = f.read().strip()
-    if code != "0":  # a failed run has no results.json: record it from its exit status
-        name = os.path.basename(path)[: -len(".status")]
-        experiment, seed = name.rsplit("_seed", 1)
+    name = os.path.basename(path)[: -len(".status")]
+    experiment, seed = name.rsplit("_seed", 1)
+    if code != "0" and (experiment, int(seed)) not in finished:  # a failed run: record it from its exit status
         rows.append(dict(experiment=experiment, seed=int(seed), status=f"failed (exit {code}), see logs/{name}.log"))
 names = os.path.join(out, "run_names.txt")  # every planned run: one with neither file never finished
 if os.path.isfile(names):
@@ -371,21 +372,24 @@ run_one() {  # $1 = run index, $2 = lane; returns the run's exit status
 
 if [ -n "$RUN_INDEX" ]; then run_one "$RUN_INDEX" 0; exit $?; fi  # one task of the SLURM array
 
-if [ $SLURM = 1 ]; then  # SIGTERM 5 minutes before the time limit (or on preemption): checkpoint, then requeue
+# --slurm: 5 minutes before the time limit SLURM sends USR1 to the task, which passes SIGTERM on to the run (it
+# checkpoints) and requeues itself; on a preemption or scancel, SIGTERM reaches the run directly.
+if [ $SLURM = 1 ]; then
     cat > "$OUTPUT_DIR/slurm_array.sh" <<EOF
 #!/usr/bin/env bash
 #SBATCH --job-name=vlmrm
 #SBATCH --array=0-$(( ${#commands[@]} - 1 ))
 #SBATCH --gres=gpu:$GPUS_PER_TASK
 #SBATCH --time=$TIME_LIMIT
-#SBATCH --signal=B:TERM@300
+#SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --output=$OUTPUT_DIR/logs/slurm_%A_%a.out
 $([ -n "$PARTITION" ] && echo "#SBATCH --partition=$PARTITION")
 cd "$PWD"
 bash run_all.sh --run-index \$SLURM_ARRAY_TASK_ID --output-dir "$OUTPUT_DIR" --python "$PYTHON" &
 task=\$!
-trap 'kill -TERM \$task; wait \$task; scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"; exit 0' TERM
+trap 'kill -TERM \$task; wait \$task; [ \$? != 143 ] || scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"' USR1
+trap 'kill -TERM \$task; wait \$task; exit 143' TERM
 wait \$task
 EOF
     sbatch "$OUTPUT_DIR/slurm_array.sh" || { echo "run_all.sh: sbatch failed" >&2; exit 1; }

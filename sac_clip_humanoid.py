@@ -897,7 +897,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         reward_model = load_clip_reward(args, device)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = args.resume or os.path.join(args.output_dir, run_name)
+    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
     writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
 
     if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
@@ -963,13 +963,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         agent.restore(state["agent"])
         global_step, rollouts_done, updates_done, next_eval = state["counters"]
         obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-        exploration = state["exploration"]
+        exploration = state["exploration"].to(device) if args.sde else None
         successes = deque(state["successes"], maxlen=10)
         restore_random_and_env_state(state, envs, rb)
         if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
             obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
             learning_starts, updates_before = global_step + args.learning_starts, updates_done
     stop, start_time, start_step = StopRequests(), time.time(), global_step
+    seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
     checkpoints_done = global_step // args.checkpoint_interval
     while global_step < args.total_timesteps:
         if global_step < args.learning_starts:
@@ -1034,7 +1035,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                              or global_step >= args.total_timesteps):
             checkpoints_done = global_step // args.checkpoint_interval
             save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, counters=(global_step, rollouts_done, updates_done, next_eval),
+                args=flags, global_step=global_step, seconds=seconds_before + time.time() - start_time,
+                counters=(global_step, rollouts_done, updates_done, next_eval),
                 agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                 losses=losses, exploration=exploration, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
@@ -1045,7 +1047,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
     stop.close()
     envs.close()
-    sps = (global_step - start_step) / (time.time() - start_time)  # training only: not the final evaluation
+    sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
 
     results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
@@ -1053,8 +1055,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                  train_success_rate_last10=np.mean(successes) if successes else np.nan,
                  eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
                  eval_last_frame_clip_reward=mean("last_frame_clip_reward"), **losses, global_step=global_step,
-                 gradient_steps_done=updates_done, run_dir=run_dir, sps=sps, wall_seconds=time.time() - start_time,
-                 epic_distance=reward_agreement(rb)[1], precision=reward_model.precision if uses_clip else None)
+                 gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
+                 wall_seconds=seconds_before + time.time() - start_time,
+                 epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
+                 precision=reward_model.precision if uses_clip else None)
     success = (f"success rate {final['eval_success_rate']:.2f} (in the {args.task} pose for at least half of the "
                f"episode), pose fraction {final['eval_pose_fraction']:.2f}, " if judged else "")
     clip = (f", CLIP return {final['eval_clip_return']:.4g}, last-frame CLIP reward "
@@ -1178,8 +1182,8 @@ class StopRequests(list):
         if signum == signal.SIGINT and "SIGINT" in self:
             raise KeyboardInterrupt
         self.append(signal.Signals(signum).name)
-        print(f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: now, "
-              "without one)", flush=True)
+        os.write(1, f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: "
+                    "now, without one)\n".encode())  # not print: the signal may arrive while print writes
 
     def close(self):
         for signum, handler in self.previous.items():
@@ -1188,13 +1192,15 @@ class StopRequests(list):
 
 def random_and_env_state(envs, rb, with_buffer: bool) -> dict:
     """What a checkpoint holds besides the agent and the loop's counters: the random streams (Python, NumPy,
-    torch, each env's and the action space's), each env's simulation and time-limit count, the replay buffer."""
+    torch and the run's GPU, each env's and the action space's), each env's simulation and time-limit count,
+    and the filled part of the replay buffer (as tensors: torch saves them without a pickled copy)."""
+    stored = rb.size if rb.full else rb.pos
     return dict(random=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                cuda=torch.cuda.get_rng_state(rb.device) if rb.device.type == "cuda" else None,
                 action_space=envs.action_space.np_random.bit_generator.state,
                 envs=[(env.unwrapped.np_random.bit_generator.state, env.get_wrapper_attr("_elapsed_steps"),
                        env.unwrapped.snapshot()) for env in envs.envs],
-                buffer={key: value[: rb.size if rb.full else rb.pos] if isinstance(value, np.ndarray) else value
+                buffer={key: torch.from_numpy(value[:stored]) if isinstance(value, np.ndarray) else value
                         for key, value in vars(rb).items() if key != "device"} if with_buffer else None)
 
 
@@ -1202,25 +1208,28 @@ def restore_random_and_env_state(state: dict, envs, rb):
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and rb.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], rb.device)
     envs.action_space.np_random.bit_generator.state = state["action_space"]
     for env, (rng, elapsed_steps, snapshot) in zip(envs.envs, state["envs"]):
         env.unwrapped.np_random.bit_generator.state = rng
         env.set_wrapper_attr("_elapsed_steps", elapsed_steps)
         env.unwrapped.restore(snapshot)
     for key, value in (state["buffer"] or {}).items():  # the stored part of each array
-        if isinstance(value, np.ndarray):
-            getattr(rb, key)[: len(value)] = value
+        if isinstance(value, torch.Tensor):
+            getattr(rb, key)[: len(value)] = value.numpy()
         else:
             setattr(rb, key, value)
 
 
 def save_checkpoint(run_dir: str, state: dict, keep: int = 2) -> str:
-    """`checkpoint_<step>.pt`, written atomically (to a temporary file, then renamed: a crash mid-write never
-    leaves a broken checkpoint); the newest `keep` are kept."""
+    """`checkpoint_<step>.pt`, written atomically (to a temporary file, flushed to disk, then renamed: a crash
+    mid-write never leaves a broken checkpoint); the newest `keep` are kept."""
     path = os.path.join(run_dir, f"checkpoint_{state['global_step']:012d}.pt")
-    torch.save(state, path + ".tmp")
+    with open(path + ".tmp", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
     for old in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")))[:-keep]:
         os.remove(old)
@@ -1228,7 +1237,10 @@ def save_checkpoint(run_dir: str, state: dict, keep: int = 2) -> str:
 
 
 def load_checkpoint(run_dir: str) -> dict:
-    """The newest checkpoint of a run folder that can be read (a damaged one is skipped, with a note)."""
+    """The newest checkpoint of a run folder that can be read (a damaged one is skipped, with a note); the
+    remains of a write that crashed are removed."""
+    for stale in glob.glob(os.path.join(run_dir, "checkpoint_*.pt.tmp")):
+        os.remove(stale)
     for path in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")), reverse=True):
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -1244,6 +1256,7 @@ def duration(seconds: float) -> str:
 
 def progress(step: int, total: int, steps_per_second: float) -> str:
     """`step 16000/3000000 (0.5%), 412 steps/s, ETA 2h01m`: a plain line, as readable in a log file as in a terminal."""
+    step = min(step, total)  # the last vector step may pass the total
     eta = duration((total - step) / steps_per_second) if steps_per_second > 0 else "-"
     return f"step {step}/{total} ({100 * step / total:.1f}%), {steps_per_second:.0f} steps/s, ETA {eta}"
 
@@ -1263,9 +1276,10 @@ def estimate_run_time(reward_model, frames, args):
     print(f"estimate: CLIP alone needs {duration(seconds)} for {args.total_timesteps} steps here ({args.clip_model}, "
           f"{reward_model.precision} on {device}); the run takes longer")
     if seconds > 7 * 86400:
-        small = CLIPReward(open_clip.create_model("ViT-B-32", device=device).eval(),
-                           open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha, device,
-                           reward_model.chunk_size, reward_model.precision)
+        with torch.random.fork_rng(devices=[] if device == "cpu" else None):  # the run's random streams stay put
+            small = CLIPReward(open_clip.create_model("ViT-B-32", device=device).eval(),
+                               open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha,
+                               device, reward_model.chunk_size, reward_model.precision)
         instead = args.total_timesteps * seconds_per_frame(small)
         print(f"warning: at this speed the run cannot finish ({duration(seconds)} for CLIP alone); " + (
             f"ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need {duration(instead)} "

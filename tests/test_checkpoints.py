@@ -20,7 +20,7 @@ FLAGS = {  # short runs whose rollouts end at the listed steps, learning startin
     cartpole: dict(num_envs=2, total_timesteps=600, learning_starts=200, train_frequency=100, gradient_steps=10,
                    episode_length=50),
     mountaincar: dict(num_envs=2, total_timesteps=384, learning_starts=96, train_frequency=32, gradient_steps=8,
-                      batch_size=32, episode_length=50),
+                      batch_size=32, episode_length=50, sde_sample_freq=64),  # gSDE's noise outlives the checkpoint
     humanoid: dict(num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50, gradient_steps=4,
                    batch_size=32, hidden_size=32, episode_length=40),
 }
@@ -110,13 +110,12 @@ def test_a_checkpoint_cut_mid_write_or_damaged_later_is_skipped_for_the_one_befo
     whole = cartpole.main(short_args(cartpole, tmp_path / "whole", **flags), reward_model=tiny_reward(cartpole, tiny_clip))
     save, calls = torch.save, []
 
-    def save_that_fails_the_second_time(obj, path):
-        calls.append(path)
+    def save_that_fails_the_second_time(obj, file):
+        calls.append(file)
         if len(calls) == 2:
-            with open(path, "wb") as f:
-                f.write(b"half a checkpoint")
+            file.write(b"half a checkpoint")
             raise OSError("No space left on device")
-        return save(obj, path)
+        return save(obj, file)
 
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", save_that_fails_the_second_time)
@@ -125,8 +124,9 @@ def test_a_checkpoint_cut_mid_write_or_damaged_later_is_skipped_for_the_one_befo
     run_dir = only_run_dir(tmp_path / "crashed")
     assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [
         "checkpoint_000000000200.pt", "checkpoint_000000000400.pt.tmp"]
-    resumed = cartpole.main(cartpole.Args(resume=run_dir), reward_model=tiny_reward(cartpole, tiny_clip))
+    resumed = cartpole.main(cartpole.Args(resume=run_dir + "/"), reward_model=tiny_reward(cartpole, tiny_clip))
     assert_same_run(whole, resumed)
+    assert not glob.glob(os.path.join(run_dir, "*.tmp"))  # the crashed write's remains are gone
 
     # Damaged later (a disk error, a copy cut short): the newest is skipped, with a note.
     assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [
@@ -210,6 +210,7 @@ def test_track_sends_flags_curves_and_videos_to_wandb_offline(tiny_clip, tmp_pat
 
 def test_progress_line_and_eta():
     assert cartpole.progress(16_000, 3_000_000, 412) == "step 16000/3000000 (0.5%), 412 steps/s, ETA 2h00m"
+    assert cartpole.progress(3_000_004, 3_000_000, 412).endswith("(100.0%), 412 steps/s, ETA 0h00m")  # past the end
     assert cartpole.duration(13 * 86400 + 5 * 3600 + 59) == "13d05h" and cartpole.duration(59) == "0h00m"
 
 
@@ -227,8 +228,29 @@ def test_an_absurd_estimate_warns_and_names_a_smaller_model(tmp_path, capsys):
 
     args = cartpole.Args(clip_model="ViT-bigG-14", total_timesteps=10_000_000)
     frames = np.zeros((3, 224, 224, 3), np.uint8)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     cartpole.estimate_run_time(SlowReward(), frames, args)
+    assert torch.equal(torch.rand(3), expected)  # building ViT-B-32 drew nothing from the run's random stream
     estimate, warning = capsys.readouterr().out.strip().splitlines()[-2:]
     assert estimate.startswith("estimate: CLIP alone needs 46d") and "(ViT-bigG-14, fp32 on cpu)" in estimate
     assert warning.startswith("warning: at this speed the run cannot finish (46d")
     assert "ViT-B-32 (--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k) would need " in warning
+
+
+def test_a_gpu_runs_random_stream_is_saved_and_restored_for_its_own_device(monkeypatch):
+    """The CUDA branch, run on the CPU: the generator of the run's GPU alone is saved and put back (not every
+    visible GPU's: a run resumed where fewer GPUs are visible must still load), and a CPU run saves none."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.ones(3))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device, state.sum())))
+    envs = cartpole.gym.vector.SyncVectorEnv([cartpole.make_env(20, (32, 32))],
+                                             autoreset_mode=cartpole.gym.vector.AutoresetMode.DISABLED)
+    envs.reset(seed=0)
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    rb = cartpole.ReplayBuffer(10, 4, (), np.int64, gpu)
+    state = cartpole.random_and_env_state(envs, rb, with_buffer=False)
+    cartpole.restore_random_and_env_state(state, envs, rb)
+    assert calls == [("get", gpu), ("set", gpu, 3.0)]
+    assert cartpole.random_and_env_state(envs, cartpole.ReplayBuffer(10, 4, (), np.int64, cpu), False)["cuda"] is None

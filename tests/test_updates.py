@@ -169,8 +169,14 @@ def test_rewards_are_in_the_buffer_before_any_sample(pole_tilt_reward, tmp_path,
     cartpole.main(args, reward_model=pole_tilt_reward)
     rb = buffers[0]
     assert len(sampled) == 8 and all(sampled) and rb.full
-    # After the ring wrapped, each slot holds the reward of the transition that holds it now.
-    np.testing.assert_allclose(rb.rewards, pole_tilt_reward.model.expected_reward(rb.next_obs[:, 2]), atol=0.4)
+    # After the ring wrapped, each slot holds the reward of the transition that holds it now: CLIP's reward of
+    # the frame of that transition's next state, drawn again here.
+    env = cartpole.CLIPCartPoleEnv(pole_tilt_reward.image_size)
+    frames = []
+    for next_obs in rb.next_obs:
+        env.set_state(*next_obs)
+        frames.append(env.render())
+    np.testing.assert_allclose(rb.rewards, pole_tilt_reward(np.stack(frames)).numpy(), atol=1e-6)
 
 
 def curves(result):
