@@ -81,7 +81,7 @@ smoke_flags() {  # a handful of steps, CPU-sized
     case "$1" in
         cartpole) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
         mountaincar) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --batch-size 32 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
-        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --eval-episodes 1 --clip-precision fp32 --no-cuda" ;;
+        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
     esac
 }
 
@@ -122,9 +122,10 @@ grid() {
             # textures and the paper's camera (100%), which is Table 1's kneeling run above.
             emit humanoid_kneeling_original_scene "--no-textured --camera stock --task kneeling $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             emit humanoid_kneeling_stock_camera "--camera stock --task kneeling $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
-            # Model scale on kneeling (ViT-bigG-14 is Table 1's kneeling run).
+            # Model scale on kneeling (ViT-bigG-14 is Table 1's kneeling run). Not with --smoke: every model is the
+            # tiny one there, so these would repeat humanoid_kneeling.
             # name:architecture:weights (OpenAI's RN50 was trained with QuickGELU: RN50-quickgelu builds it so)
-            for entry in RN50:RN50-quickgelu:openai ViT-L-14:ViT-L-14:laion2b_s32b_b82k ViT-H-14:ViT-H-14:laion2b_s32b_b79k; do
+            [ $SMOKE = 1 ] || for entry in RN50:RN50-quickgelu:openai ViT-L-14:ViT-L-14:laion2b_s32b_b82k ViT-H-14:ViT-H-14:laion2b_s32b_b79k; do
                 IFS=: read -r name architecture weights <<<"$entry"
                 emit humanoid_kneeling_$name "--task kneeling $(model_flags "$architecture" "$weights")"
             done

@@ -119,7 +119,7 @@ def test_real_size_architecture_from_a_local_checkpoint(tmp_path, vit_b_32_check
     result = run("sac_clip_humanoid.py", "--clip-model", "ViT-B-32", "--clip-pretrained", str(vit_b_32_checkpoint),
                  "--alpha", "0.5", "--total-timesteps", "56", "--learning-starts", "32", "--train-frequency", "8",
                  "--gradient-steps", "4", "--episode-length", "24", "--num-envs", "2", "--eval-episodes", "1",
-                 "--batch-size", "32", "--clip-chunk-size", "16",
+                 "--batch-size", "32", "--clip-chunk-size", "16", "--landscape-points", "2",
                  "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CLIP image encoder runs in fp32 (--clip-precision auto on cpu)" in result.stdout

@@ -87,7 +87,7 @@ def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_t
     first = grid.communicate(timeout=300)[0]
     assert grid.returncode == 130 and "run_all.sh: stopping" in first, first[-3000:]
     done = sorted(path.parent for path in (out / "runs").glob("*/results.json"))
-    assert 3 <= len(done) < 18, done
+    assert 3 <= len(done) < 15, done
     # One finished run lost its results (say, the node died while writing them): it has its final checkpoint.
     os.remove(done[0] / "results.json")
     lost, finished = done[0].name.split("__")[1], {run.name.split("__")[1] for run in done[1:]}
@@ -102,7 +102,8 @@ def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_t
     assert "skip cartpole_alpha0_seed1 (finished" in run_all("--run-index", "0", "--output-dir", str(out)).stdout
     rows = read_summary(out)
     failed = [r for r in rows if r["status"] != "ok"]
-    assert len(rows) == 6 + 13 and [r["experiment"] for r in failed] == ["cartpole_alpha0.25"], failed
+    # 6 CartPole runs, 10 humanoid runs (the model-scale runs are left out of --smoke: all models are the tiny one).
+    assert len(rows) == 6 + 10 and [r["experiment"] for r in failed] == ["cartpole_alpha0.25"], failed
     assert all(int(r["steps"]) > 0 and r["git_commit"] for r in rows if r["status"] == "ok")
     # Table 1's success column fills itself: a success rate (the pose detector's) for every humanoid task.
     humanoid_rows = [r for r in rows if r.get("script") == "sac_clip_humanoid.py"]
@@ -112,7 +113,7 @@ def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_t
     assert all(0.0 <= float(r["success_rate"]) <= 1.0 for r in humanoid_rows)
     table = (out / "summary.md").read_text()
     assert "## CartPole" in table and "## Humanoid" in table
-    assert "| humanoid_kneeling_RN50 | 1 |" in table and "| cartpole_alpha0.25 | 1 | - | - | 1 |" in table
+    assert "humanoid_kneeling_RN50" not in table and "| cartpole_alpha0.25 | 1 | - | - | 1 |" in table
     # The kneeling scene ablation in the paper's order, with the paper's success next to each row.
     ablation = table.split("## Scene ablation (kneeling")[1].split("\n\n")[1].splitlines()[2:]
     assert [row.split(" | ")[:4] for row in ablation] == [
