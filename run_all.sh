@@ -385,12 +385,13 @@ if [ $SLURM = 1 ]; then
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --output=$OUTPUT_DIR/logs/slurm_%A_%a.out
+#SBATCH --open-mode=append
 $([ -n "$PARTITION" ] && echo "#SBATCH --partition=$PARTITION")
 cd "$PWD"
 bash run_all.sh --run-index \$SLURM_ARRAY_TASK_ID --output-dir "$OUTPUT_DIR" --python "$PYTHON" &
 task=\$!
-trap 'kill -TERM \$task; wait \$task; [ \$? != 143 ] || scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"' USR1
-trap 'kill -TERM \$task; wait \$task; exit 143' TERM
+trap 'kill -TERM \$task; wait \$task; code=\$?; [ \$code != 143 ] || scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"; exit \$code' USR1
+trap 'kill -TERM \$task; wait \$task; exit \$?' TERM
 wait \$task
 EOF
     sbatch "$OUTPUT_DIR/slurm_array.sh" || { echo "run_all.sh: sbatch failed" >&2; exit 1; }

@@ -60,7 +60,7 @@ class Args:
     save_model: bool = False
     """if toggled, the actor and critic weights are saved to `<run>/<exp name>.cleanrl_model`"""
     checkpoint_interval: int = 200_000
-    """transitions between two checkpoints (`<run>/checkpoint_<step>.pt`, the newest two kept; one more at the end)"""
+    """transitions between two checkpoints (`<run>/checkpoint_<step>.pt`, also one at the end; the newest two are kept)"""
     checkpoint_buffer: bool = True
     """if toggled, checkpoints hold the replay buffer (1.6 MB at the default size); `--no-checkpoint-buffer`: a resumed run fills a fresh one for learning-starts transitions before it trains again"""
     resume: str | None = None
@@ -732,7 +732,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                  train_success_rate_last10=np.mean(successes) if successes else np.nan, **losses,
                  global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
                  wall_seconds=seconds_before + time.time() - start_time,
-                 epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan, precision=reward_model.precision if uses_clip else None)
+                 epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
+                 precision=reward_model.precision if uses_clip else None)
     for key in ("success_rate", "episodic_return", "clip_return") if results else ():
         if key != "clip_return" or uses_clip:
             writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], global_step)
@@ -917,7 +918,7 @@ def load_checkpoint(run_dir: str) -> dict:
         os.remove(stale)
     for path in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")), reverse=True):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no second copy
         except Exception as e:
             print(f"note: {path} cannot be read ({type(e).__name__}); the run goes back to the one before it.")
     fail(f"--resume {run_dir!r} holds no readable checkpoint (checkpoint_*.pt): start the run anew.")
@@ -950,7 +951,8 @@ def estimate_run_time(reward_model, frames, args):
     print(f"estimate: CLIP alone needs {duration(seconds)} for {args.total_timesteps} steps here ({args.clip_model}, "
           f"{reward_model.precision} on {device}); the run takes longer")
     if seconds > 7 * 86400:
-        with torch.random.fork_rng(devices=[] if device == "cpu" else None):  # the run's random streams stay put
+        # Building ViT-B-32 draws random numbers: fork_rng keeps the run's streams as they were.
+        with torch.random.fork_rng(devices=[] if device == "cpu" else [torch.cuda.current_device()]):
             small = CLIPReward(open_clip.create_model("ViT-B-32", device=device).eval(),
                                open_clip.get_tokenizer("ViT-B-32"), args.prompt, args.baseline_prompt, args.alpha,
                                device, reward_model.chunk_size, reward_model.precision)

@@ -96,7 +96,14 @@ def test_a_run_stopped_by_sigterm_and_resumed_ends_as_if_never_stopped(module, t
     assert f"stopped at step {checkpoint_step} (SIGTERM); to go on: python {module.__name__}.py --resume {run_dir}" in printed
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
 
+    # Time adds up across sessions: say the first one had trained for 1,000 s.
+    state = module.load_checkpoint(run_dir)
+    state["seconds"] = 1000.0
+    module.save_checkpoint(run_dir, state)
+    started = time.time()
     resumed = module.main(module.Args(resume=run_dir), reward_model=tiny_reward(module, tiny_clip))
+    assert 1000 < resumed["wall_seconds"] < 1000 + time.time() - started
+    assert resumed["sps"] < resumed["global_step"] / 1000
     assert resumed["run_dir"] == run_dir
     assert_same_run(whole, resumed)
 
@@ -124,9 +131,10 @@ def test_a_checkpoint_cut_mid_write_or_damaged_later_is_skipped_for_the_one_befo
     run_dir = only_run_dir(tmp_path / "crashed")
     assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [
         "checkpoint_000000000200.pt", "checkpoint_000000000400.pt.tmp"]
+    open(os.path.join(run_dir, "checkpoint_000000000999.pt.tmp"), "wb").close()  # an older crash's remains
     resumed = cartpole.main(cartpole.Args(resume=run_dir + "/"), reward_model=tiny_reward(cartpole, tiny_clip))
     assert_same_run(whole, resumed)
-    assert not glob.glob(os.path.join(run_dir, "*.tmp"))  # the crashed write's remains are gone
+    assert not glob.glob(os.path.join(run_dir, "*.tmp"))  # the crashed writes' remains are gone
 
     # Damaged later (a disk error, a copy cut short): the newest is skipped, with a note.
     assert [name for name in sorted(os.listdir(run_dir)) if name.startswith("checkpoint")] == [

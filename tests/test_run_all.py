@@ -155,7 +155,7 @@ def test_slurm_submits_one_array_task_per_run(tmp_path):
     # (not on scancel, which sends SIGTERM); a requeued task resumes its run (--run-index, in the smoke grid).
     assert "#SBATCH --signal=B:USR1@300" in array and "#SBATCH --requeue" in array
     assert f'bash run_all.sh --run-index $SLURM_ARRAY_TASK_ID --output-dir "{out}"' in array
-    assert '[ $? != 143 ] || scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"\' USR1' in array
+    assert '[ $code != 143 ] || scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; exit $code\' USR1' in array
     commands = (out / "commands.txt").read_text().strip().splitlines()
     assert len(commands) == 22 and all("sac_clip_mountaincar.py" in c for c in commands)
     assert not list((out / "runs").iterdir())  # nothing ran here
