@@ -56,9 +56,13 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a learning test of minutes; runs with --runslow")
+    config.addinivalue_line("markers", "long(seconds): a test of half a minute or more; started first (see below)")
 
 
 def pytest_collection_modifyitems(config, items):
+    # The longest tests go first, longest first, so that with -n auto --dist worksteal they run beside the
+    # short ones instead of alone at the end (the smoke grid alone takes ~3 minutes).
+    items.sort(key=lambda item: -item.get_closest_marker("long").args[0] if item.get_closest_marker("long") else 0)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")

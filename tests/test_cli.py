@@ -113,6 +113,7 @@ def vit_b_32_checkpoint(tmp_path_factory):
     return checkpoint
 
 
+@pytest.mark.long(40)
 def test_real_size_architecture_from_a_local_checkpoint(tmp_path, vit_b_32_checkpoint):
     """ViT-B-32 from a local checkpoint file, through the humanoid's command line (the loading and reward
     code is a shared block; every script's loop runs a tiny CLIP in process)."""

@@ -232,6 +232,7 @@ def width_of_state(env, obs) -> float:
 
 
 @needs_gl
+@pytest.mark.long(25)
 def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch):
     """End to end: render -> stand-in encoder (the robot's width in pixels) -> CLIP reward formula -> SAC.
 

@@ -64,6 +64,7 @@ def test_bad_flags_give_the_usage():
         assert result.returncode == 2 and "usage: bash run_all.sh" in result.stderr, flags
 
 
+@pytest.mark.long(180)
 def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_the_summary(tmp_path):
     """CartPole's and the humanoid's experiments for a few steps each (MountainCar's differ from CartPole's
     only in flags the dry run checks, and each run costs ~8 s of start-up), one run failing on purpose.

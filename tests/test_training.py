@@ -108,6 +108,7 @@ def test_ground_truth_reward_loads_no_clip(tmp_path, monkeypatch):
     assert "charts/episodic_clip_return" not in scalars and "losses/td_loss" in scalars
 
 
+@pytest.mark.long(60)
 def test_agent_learns_to_keep_the_pole_up_from_pixels(pole_tilt_reward, tmp_path):
     """End to end: render -> stand-in encoder -> CLIP reward formula -> DQN; no ground truth is used.
 
