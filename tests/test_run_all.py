@@ -77,8 +77,11 @@ def test_smoke_grid_interrupted_and_rerun_finishes_every_experiment_and_writes_t
     out = tmp_path / "out"
     command = ["bash", os.path.join(ROOT, "run_all.sh"), "--python", str(wrapper), "--smoke", "--only", "cartpole",
                "--only", "humanoid", "--jobs", "2", "--output-dir", str(out)]  # the last --python wins
+    # A shell started in the background inherits SIGINT ignored, and bash cannot trap an ignored signal: give the
+    # grid the default disposition, as a terminal would.
     grid = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy"})
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ended = 0
     for line in grid.stdout:  # Ctrl-C (SIGINT to the whole process group) once four runs have ended
         ended += " done " in line or " FAILED " in line
