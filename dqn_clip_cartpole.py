@@ -93,7 +93,9 @@ class Args:
     num_envs: int = 8
     """the number of parallel environments (paper: 8 per GPU)"""
     episode_length: int = 200
-    """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
+    """steps per episode; episodes end only by this time limit"""
+    bootstrap_time_limit: bool = False
+    """if toggled, the time-limit end is a truncation, bootstrapped (the textbook target for a time-unaware agent); default: terminal, as the paper's runs stored it (Q-values then sum about one episode of rewards)"""
 
     # DQN: the paper's CartPole run, i.e. the authors' config run through SB3 with their config class's
     # defaults. SB3 counts train_freq and gradient_steps in vector steps of 8 envs; here every step count
@@ -318,7 +320,7 @@ class ReplayBuffer:
         self.obs, self.next_obs = np.zeros((size, obs_dim), np.float32), np.zeros((size, obs_dim), np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
         self.rewards, self.true_rewards = np.full(size, np.nan, np.float32), np.zeros(size, np.float32)
-        self.terminations = np.zeros(size, np.float32)  # 1 only for a true terminal state
+        self.terminations = np.zeros(size, np.float32)  # 1: the target does not bootstrap from next_obs
 
     def add(self, obs, next_obs, actions, rewards, true_rewards, terminations) -> np.ndarray:
         """Store a batch of transitions; returns their slots."""
@@ -350,7 +352,7 @@ class QNetwork(nn.Module):
 
 def dqn_update(q_network, target_network, optimizer, batch, gamma: float, max_grad_norm: float) -> dict:
     """One gradient step: Huber loss (as SB3's DQN) between Q(s, a) and r + γ max_a' Q_target(s', a'),
-    with no bootstrap from a terminal state (a truncated episode is not terminal: it is bootstrapped)."""
+    with no bootstrap from a transition stored as terminal (by default also an episode's last, as the paper)."""
     obs, actions, rewards, next_obs, terminations = batch
     with torch.no_grad():
         td_target = rewards + gamma * target_network(next_obs).max(dim=1).values * (1 - terminations)
@@ -479,11 +481,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
         next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
         # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
-        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards, terminations)
+        # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
+        # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
+        dones = terminations | truncations
+        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
+                       terminations if args.bootstrap_time_limit else dones)
         if uses_clip:
             to_score.append((slots, np.stack(envs.call("render"))))
         global_step += args.num_envs
-        dones = terminations | truncations
         for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
             episode_slots[i].append(slot)
             if dones[i]:

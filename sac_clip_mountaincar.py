@@ -98,7 +98,9 @@ class Args:
     num_envs: int = 1
     """the number of parallel environments"""
     episode_length: int = 200
-    """steps per episode; episodes end only by this time limit (truncation, bootstrapped)"""
+    """steps per episode; episodes end only by this time limit"""
+    bootstrap_time_limit: bool = False
+    """if toggled, the time-limit end is a truncation, bootstrapped (the textbook target for a time-unaware agent); default: terminal, as the paper's runs stored it (Q-values then sum about one episode of rewards)"""
 
     # SAC: the paper's MountainCar run (App. C), i.e. RL-zoo's MountainCarContinuous settings run through
     # SB3 with 1 env: 32 gradient steps every 32 steps, one update per transition. Every step count here
@@ -130,7 +132,7 @@ class Args:
     sde: bool = True
     """if toggled, gSDE: exploration noise that is a function of the state, redrawn every `sde-sample-freq` steps; `--no-sde`: new Gaussian noise every step"""
     sde_sample_freq: int = 32
-    """transitions between two draws of the exploration matrix (with `--sde`)"""
+    """steps of each env between two draws of the exploration matrices (with `--sde`; SB3's meaning: vector steps), and a draw at the start of every rollout (as SB3)"""
     log_std_init: float = -3.67
     """initial log standard deviation of the exploration weights (with `--sde`; RL-zoo's value)"""
     eval_episodes: int = 10
@@ -361,7 +363,7 @@ class ReplayBuffer:
         self.obs, self.next_obs = np.zeros((size, obs_dim), np.float32), np.zeros((size, obs_dim), np.float32)
         self.actions = np.zeros((size, *action_shape), dtype=action_dtype)
         self.rewards, self.true_rewards = np.full(size, np.nan, np.float32), np.zeros(size, np.float32)
-        self.terminations = np.zeros(size, np.float32)  # 1 only for a true terminal state
+        self.terminations = np.zeros(size, np.float32)  # 1: the target does not bootstrap from next_obs
 
     def add(self, obs, next_obs, actions, rewards, true_rewards, terminations) -> np.ndarray:
         """Store a batch of transitions; returns their slots."""
@@ -420,11 +422,12 @@ class Actor(nn.Module):
     """a = tanh(u), scaled to the action bounds, with u = μ(s) + noise.
 
     With gSDE (Raffin et al., 2022, used by the authors' code) the noise is φ(s)ᵀW: φ(s) the last
-    hidden layer (detached), W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
+    hidden layer, W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
     noise is a fixed function of the state, so the car keeps pushing the same way in the same
     situation and can rock itself up the hill; noise drawn anew every step mostly cancels out
     (MountainCar's classic exploration trap). Given φ(s), the noise is Gaussian with variance
-    φ(s)² · σ_W² per action, which gives the log-probability. Without gSDE: u ~ N(μ(s), σ(s)²).
+    φ(s)² · σ_W² per action, which gives the log-probability; its gradient reaches the trunk through
+    φ(s) too, as in SB3's SAC (`learn_features=True`). Without gSDE: u ~ N(μ(s), σ(s)²).
     """
 
     def __init__(self, observation_space, action_space, hidden_size: int, sde: bool, log_std_init: float):
@@ -446,16 +449,15 @@ class Actor(nn.Module):
         """Returns (action, log π(action | obs)), the action sampled; `deterministic`: the mean action, which
         draws no random numbers (an evaluation must not change the run it evaluates), and no log π.
 
-        `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts; None
-        draws a fresh one shared by the whole batch (in a gradient step, the target's and the actor's
-        actions each draw one; SB3 draws one per gradient step and shares it).
+        `exploration`: gSDE's ε, one per env (num_envs, hidden, action_dim) during rollouts, or one
+        (hidden, action_dim) shared by a whole batch (a gradient step draws one for a and a', as SB3).
         """
         features = self.trunk(obs)
         mean = self.mean(features).clamp(-2.0, 2.0) if self.sde else self.mean(features)  # SB3's clip_mean
         if deterministic:
             return torch.tanh(mean) * self.action_scale + self.action_bias, None
         if self.sde:
-            phi, sigma_w = features.detach(), self.log_std.exp()
+            phi, sigma_w = features, self.log_std.exp()
             eps = self.sample_exploration() if exploration is None else exploration
             noise = (phi.unsqueeze(-2) @ (sigma_w * eps)).squeeze(-2)
             std = (phi.pow(2) @ sigma_w.pow(2) + 1e-6).sqrt()
@@ -492,16 +494,18 @@ class SoftActorCritic:
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=args.learning_rate)
 
     @torch.no_grad()
-    def td_target(self, rewards, next_obs, terminations):
+    def td_target(self, rewards, next_obs, terminations, exploration=None):
         """Soft Bellman target r + γ (min Q_target(s', a') - α log π(a'|s')), a' ~ π(s'), not bootstrapped
-        from a terminal state (a time-limit truncation is not terminal: it is bootstrapped)."""
-        next_actions, next_log_pi = self.actor(next_obs)
+        from a transition stored as terminal (by default also an episode's last, as the paper)."""
+        next_actions, next_log_pi = self.actor(next_obs, exploration)
         next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
         return rewards + self.gamma * (1 - terminations) * (next_q - self.ent_coef * next_log_pi)
 
     def update(self, obs, actions, rewards, next_obs, terminations) -> dict:
+        # gSDE: one noise matrix per gradient step, shared by a' in the target and a in the actor's loss (SB3).
+        exploration = self.actor.sample_exploration() if self.actor.sde else None
         # Critics: regress both onto the soft Bellman target of the target critics.
-        td_target = self.td_target(rewards, next_obs, terminations)
+        td_target = self.td_target(rewards, next_obs, terminations, exploration)
         qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
         qf_loss = F.mse_loss(qf1_values, td_target) + F.mse_loss(qf2_values, td_target)
         self.q_optimizer.zero_grad()
@@ -509,7 +513,7 @@ class SoftActorCritic:
         self.q_optimizer.step()
 
         # Actor: maximise the soft value of its own (reparameterised) actions.
-        pi, log_pi = self.actor(obs)
+        pi, log_pi = self.actor(obs, exploration)
         actor_loss = (self.ent_coef * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
@@ -631,7 +635,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
 
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    exploration = actor.sample_exploration(args.num_envs) if args.sde else None
+    exploration, rollout_step = None, 0  # gSDE's noise, and the steps of each env in this rollout
     to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
     global_step, rollouts_done, updates_done, next_video, losses = 0, 0, 0, 0, {}
     learning_starts, updates_before = args.learning_starts, 0
@@ -639,7 +643,6 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         agent.restore(state["agent"])
         global_step, rollouts_done, updates_done, next_video = state["counters"]
         obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-        exploration = state["exploration"].to(device) if args.sde else None
         successes = deque(state["successes"], maxlen=10)
         restore_random_and_env_state(state, envs, rb)
         if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
@@ -649,20 +652,24 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
     checkpoints_done = global_step // args.checkpoint_interval
     while global_step < args.total_timesteps:
+        # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
+        if args.sde and rollout_step % args.sde_sample_freq == 0:
+            exploration = actor.sample_exploration(args.num_envs)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            if args.sde and global_step % args.sde_sample_freq < args.num_envs:
-                exploration = actor.sample_exploration(args.num_envs)  # new noise function, one per env
             with torch.no_grad():
                 actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
         next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
         # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
-        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards, terminations)
+        # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
+        # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
+        dones = terminations | truncations
+        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
+                       terminations if args.bootstrap_time_limit else dones)
         if uses_clip:
             to_score.append((slots, np.stack(envs.call("render"))))
-        global_step += args.num_envs
-        dones = terminations | truncations
+        global_step, rollout_step = global_step + args.num_envs, rollout_step + 1
         for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
             episode_slots[i].append(slot)
             if dones[i]:
@@ -676,7 +683,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         # transitions, so that the updates per transition do not depend on --num-envs).
         rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
         if rollout_ends:
-            rollouts_done = global_step // args.train_frequency
+            rollouts_done, rollout_step = global_step // args.train_frequency, 0
             if to_score:
                 slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
                 rb.rewards[slots] = reward_model(frames).cpu().numpy()
@@ -714,7 +721,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 args=flags, global_step=global_step, seconds=seconds_before + time.time() - start_time,
                 counters=(global_step, rollouts_done, updates_done, next_video),
                 agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
-                losses=losses, exploration=exploration, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
+                losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
                 print(f"stopped at step {global_step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
                       f"--resume {run_dir}", flush=True)

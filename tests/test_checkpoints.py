@@ -21,7 +21,7 @@ FLAGS = {  # short runs whose rollouts end at the listed steps, learning startin
     cartpole: dict(num_envs=2, total_timesteps=600, learning_starts=200, train_frequency=100, gradient_steps=10,
                    episode_length=50),
     mountaincar: dict(num_envs=2, total_timesteps=384, learning_starts=96, train_frequency=32, gradient_steps=8,
-                      batch_size=32, episode_length=50, sde_sample_freq=64),  # gSDE's noise outlives the checkpoint
+                      batch_size=32, episode_length=50),
     humanoid: dict(num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50, gradient_steps=4,
                    batch_size=32, hidden_size=32, episode_length=40),
 }

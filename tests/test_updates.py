@@ -59,6 +59,57 @@ def test_sac_target_bootstraps_a_truncation_not_a_termination():
     assert soft_q[1].item() > 5  # so that a missing bootstrap would show
 
 
+EPISODE_END_RUNS = {  # short runs in which every env ends several 30-step episodes, all by the time limit
+    cartpole: dict(reward="ground-truth"),
+    mountaincar: dict(reward="ground-truth", batch_size=16),
+    humanoid: dict(reward="pose", task="standing-up", batch_size=16, hidden_size=16, video_interval=10**9),
+}
+
+
+@pytest.mark.parametrize("bootstrap", [False, True], ids=["paper", "bootstrap-time-limit"])
+@pytest.mark.parametrize("module", [cartpole, mountaincar, pytest.param(humanoid, marks=needs_gl)],
+                         ids=["cartpole", "mountaincar", "humanoid"])
+def test_time_limit_end_is_terminal_as_in_the_paper_unless_bootstrapped(module, bootstrap, tmp_path, monkeypatch):
+    """The paper's envs set terminated=True at an episode's last step, so SB3 stored it as terminal: by default
+    exactly the last transition of every episode is stored terminal, and its TD target is the reward alone.
+    --bootstrap-time-limit stores none as terminal, and the same transitions bootstrap from their next state."""
+    args = gt_args(module, tmp_path, **EPISODE_END_RUNS[module], bootstrap_time_limit=bootstrap, num_envs=2,
+                   episode_length=30, total_timesteps=240, learning_starts=120, train_frequency=60, gradient_steps=2)
+    buffers = capture_buffers(module, monkeypatch)
+    module.main(args)
+    rb = buffers[0]
+    last = (np.arange(rb.pos) // args.num_envs) % args.episode_length == args.episode_length - 1
+    assert rb.pos == 240 and last.sum() == 8  # 4 episodes of each env, stored step by step
+    np.testing.assert_array_equal(rb.terminations[: rb.pos], 0.0 if bootstrap else last)
+
+    slots = np.flatnonzero(last)
+    obs, actions, rewards, next_obs, terminations = (torch.as_tensor(a[slots]) for a in (
+        rb.obs, rb.actions, rb.rewards, rb.next_obs, rb.terminations))
+    torch.manual_seed(0)
+    if module is cartpole:
+        q_network, target_network = cartpole.QNetwork(4, 2, 16), cartpole.QNetwork(4, 2, 16)
+        torch.nn.init.constant_(target_network.network[-1].bias, 10.0)  # max Q_target ≈ 10: bootstrapping shows
+        with torch.no_grad():
+            q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
+            bootstrapped = rewards + args.gamma * target_network(next_obs).max(dim=1).values
+        td_loss = cartpole.dqn_update(q_network, target_network, torch.optim.SGD(q_network.parameters(), lr=0.0),
+                                      (obs, actions, rewards, next_obs, terminations), args.gamma, 10.0)["td_loss"]
+        expected = F.smooth_l1_loss(q_taken, bootstrapped if bootstrap else rewards).item()
+        assert td_loss == pytest.approx(expected, rel=1e-6)
+        assert abs(F.smooth_l1_loss(q_taken, rewards).item() - F.smooth_l1_loss(q_taken, bootstrapped).item()) > 5
+    else:
+        envs_space = module.make_env(args.episode_length)()
+        agent = module.SoftActorCritic(envs_space.observation_space, envs_space.action_space, args, "cpu")
+        for critic in (agent.qf1_target, agent.qf2_target):
+            torch.nn.init.constant_(critic.network[-1].bias, 10.0)  # Q' ≈ 10: bootstrapping shows
+        agent.ent_coef = 0.0  # the target is then r + γ min Q'(s', a'), free of the policy's log-density
+        target = agent.td_target(rewards, next_obs, terminations)
+        if bootstrap:
+            assert (target - rewards).min() > 5
+        else:
+            torch.testing.assert_close(target, rewards)
+
+
 # log σ = -5 + 3.5 (tanh(bias) + 1): bias -6 gives σ = e^-5, a near-deterministic policy (entropy far below
 # the target -1); bias 0.458 gives σ = 1, which spreads tanh(u) over [-1, 1] (entropy ≈ 0.4, above it).
 @pytest.mark.parametrize("log_std_bias, rises", [(-6.0, True), (0.458, False)])
