@@ -329,10 +329,19 @@ class CLIPReward(nn.Module):
         tokens = tokenizer(list(prompts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
 
+    @staticmethod
+    def as_frames(frames) -> np.ndarray:
+        """Any uint8 RGB frames: an (N, H, W, 3) or (H, W, 3) array or a list of (H, W, 3) arrays, in any memory
+        layout (MuJoCo's renderer returns frames flipped in memory, which torch cannot wrap) -> (N, H, W, 3)."""
+        frames = np.stack(frames) if isinstance(frames, (list, tuple)) else np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
+            raise ValueError(f"CLIPReward takes uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
+        return np.ascontiguousarray(frames[None] if frames.ndim == 3 else frames)
+
     @torch.no_grad()
     def embed_images(self, frames) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> unit image embeddings (N, D), float32; bf16/fp16 run under autocast."""
-        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.as_tensor(self.as_frames(frames), device=self.device).permute(0, 3, 1, 2).float().div_(255)
         if tuple(x.shape[-2:]) != self.image_size:  # the scripts render at this size already
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp_(0, 1)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -346,6 +355,7 @@ class CLIPReward(nn.Module):
     @torch.no_grad()
     def forward(self, frames) -> torch.Tensor:
         """In CLIP passes of at most `chunk_size` frames: a pass's activation memory grows with its frames."""
+        frames = self.as_frames(frames)
         rewards = [self.rewards_from_embeddings(self.embed_images(frames[i: i + self.chunk_size]))
                    for i in range(0, len(frames), self.chunk_size)]
         return torch.cat(rewards) if rewards else torch.zeros(0, device=self.device)

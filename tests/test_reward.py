@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cartpole
+from conftest import cartpole, needs_gl
 
 
 def sweep_frames(size, n=12):
@@ -149,3 +149,39 @@ def test_reduced_precision_autocasts_the_encoder_only(tiny_reward, precision):
     assert 0 < error < 0.01  # it really ran in reduced precision, and stayed close (bf16: ~1e-3, fp16: ~1e-4)
     assert next(reward_model.model.visual.parameters()).dtype == torch.float32
     assert torch.equal(next(reward_model.model.visual.parameters()), weights) and torch.equal(reward_model.goal, goal)
+
+
+@needs_gl
+def test_frames_from_any_renderer(tiny_reward):
+    """What a user's own env.render() returns is scored as its contiguous copy: gymnasium's MuJoCo renderer
+    returns frames flipped in memory (negative strides, which torch cannot wrap); its pygame renderer's frames
+    are 600x400 (resized); one frame, a batch and a list of frames all work."""
+    import gymnasium as gym
+
+    reward_model = tiny_reward()
+    mujoco_env = gym.make("Humanoid-v5", render_mode="rgb_array", width=96, height=96)
+    pygame_env = gym.make("CartPole-v1", render_mode="rgb_array")
+    for env in (mujoco_env, pygame_env):
+        env.reset(seed=0)
+        frames = [env.render()]
+        for _ in range(2):
+            for _ in range(8):  # frames far enough apart that the tiny model's rewards differ
+                env.step(np.ones(env.action_space.shape) if env is mujoco_env else 1)
+            frames.append(env.render())
+        env.close()
+        assert frames[0].dtype == np.uint8 and frames[0].flags.c_contiguous == (env is pygame_env)
+        expected = reward_model(np.stack([np.ascontiguousarray(f) for f in frames])).numpy()
+        assert np.ptp(expected) > 1e-4  # different frames: a frame scored in the wrong place would show
+        np.testing.assert_allclose(reward_model(frames).numpy(), expected, atol=1e-6)  # a list
+        np.testing.assert_allclose(reward_model(frames[1][None]).numpy(), expected[1:2], atol=1e-6)  # a view
+        np.testing.assert_allclose(reward_model(frames[2]).numpy(), expected[2:], atol=1e-6)  # one frame
+        if env is mujoco_env:
+            assert frames[0].strides[0] < 0  # what made torch fail
+
+
+def test_frames_that_are_not_uint8_rgb_are_refused_with_one_sentence(tiny_reward):
+    reward_model = tiny_reward()
+    with pytest.raises(ValueError, match=r"uint8 RGB frames \(N, H, W, 3\), got float32"):
+        reward_model(np.zeros((2, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match=r"got uint8 \(2, 64, 64, 4\)"):
+        reward_model(np.zeros((2, 64, 64, 4), np.uint8))
