@@ -118,6 +118,8 @@ class Args:
     """if toggled, the realistic scene (sky, stone floor, brushed-metal robot); `--no-textured`: gymnasium's stock look"""
     camera: Literal["paper", "stock"] = "paper"
     """`paper`: fixed in front of the robot (distance 3.5, look-at (0, 0, 1), elevation -10°, azimuth 180°); `stock`: gymnasium's"""
+    fast_render: bool = False
+    """if toggled, no shadows and no multisampling: software rendering (CPU) ~6x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Speed"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
     num_envs: int = 32
     """the number of parallel environments (paper: 32)"""
     episode_length: int = 100
@@ -242,9 +244,10 @@ def brushed_metal_texture(rng, size: int = 256) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
 
 
-def humanoid_xml(textured: bool, frame_size, folder: str) -> str:
-    """gymnasium's humanoid.xml, made cheap to render (no shadows, no multisampling) and, with
-    `textured`, dressed as in the paper. Writes the model and its textures into `folder`."""
+def humanoid_xml(textured: bool, frame_size, folder: str, fast_render: bool = False) -> str:
+    """gymnasium's humanoid.xml with an offscreen buffer of the frame size and, with `textured`, dressed as in
+    the paper. MuJoCo's visual defaults stay, as in the authors' model: the overhead light casts shadows and the
+    offscreen buffer multisamples 4x; `fast_render` turns both off. Writes the model and its textures into `folder`."""
     from PIL import Image
 
     source = os.path.join(os.path.dirname(gym.envs.mujoco.__file__), "assets", "humanoid.xml")
@@ -252,10 +255,10 @@ def humanoid_xml(textured: bool, frame_size, folder: str) -> str:
     visual = root.find("visual")
     height, width = frame_size
     ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
-    # Shadows and multisampling cost most of a software-rendered frame; the robot's shape stays.
-    ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
-    for light in root.iter("light"):
-        light.set("castshadow", "false")
+    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (README, "Speed")
+        ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
+        for light in root.iter("light"):
+            light.set("castshadow", "false")
     if textured:
         rng = np.random.default_rng(0)  # the same scene every time
         for name, image in (("sky.png", sky_texture(rng)), ("stone.png", stone_texture(rng)),
@@ -286,11 +289,11 @@ def humanoid_xml(textured: bool, frame_size, folder: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def scene_file(textured: bool, frame_size: tuple) -> str:
+def scene_file(textured: bool, frame_size: tuple, fast_render: bool = False) -> str:
     """The scene's XML path, written once per process into a temporary folder removed at exit."""
     folder = tempfile.mkdtemp(prefix="vlmrm_humanoid_")
     atexit.register(shutil.rmtree, folder, True)
-    return humanoid_xml(textured, frame_size, folder)
+    return humanoid_xml(textured, frame_size, folder, fast_render)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,14 +464,16 @@ class CLIPHumanoidEnv(HumanoidEnv):
       (the graded detector, the reward of `--reward pose` runs). Without a task the reward is
       gymnasium's (forward progress + staying healthy - control cost: `--reward ground-truth`).
     - `textured`: sky, stone floor and a light brushed-metal robot, generated here; `camera="paper"`:
-      fixed in the world in front of the robot. The model is written to a temporary folder.
+      fixed in the world in front of the robot; shadows and 4x multisampling unless `fast_render`. The
+      model is written to a temporary folder.
     - Observations are gymnasium's (float64), passed on as float32.
     """
 
     def __init__(self, frame_size=(224, 224), textured: bool = True, camera: str = "paper",
-                 terminate: bool = False, task: str | None = None):
+                 terminate: bool = False, task: str | None = None, fast_render: bool = False):
         height, width = frame_size
-        super().__init__(xml_file=scene_file(textured, tuple(frame_size)), render_mode="rgb_array", width=width,
+        super().__init__(xml_file=scene_file(textured, tuple(frame_size), fast_render), render_mode="rgb_array",
+                         width=width,
                          height=height,
                          default_camera_config=PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG,
                          terminate_when_unhealthy=terminate)
@@ -519,23 +524,53 @@ class CLIPHumanoidEnv(HumanoidEnv):
         return float((data.geom_xpos[robot, 2] - reach - radius).min())
 
 
-def require_gl():
-    """Stop with one sentence, before anything expensive is loaded, where MuJoCo cannot render headless here."""
+def require_gl() -> str:
+    """Stop with one sentence, before anything expensive is loaded, where MuJoCo cannot render headless here;
+    returns the OpenGL renderer's name (llvmpipe: Mesa's software renderer, on the CPU)."""
     try:
         context = mujoco.GLContext(16, 16)
         context.make_current()
+        from OpenGL import GL
+
+        renderer = GL.glGetString(GL.GL_RENDERER).decode()
         context.free()
     except Exception as e:
         fail(f"MuJoCo cannot render headless with MUJOCO_GL={os.environ['MUJOCO_GL']} ({type(e).__name__}): install "
              "EGL (Debian: apt-get install libegl1 libgl1-mesa-dri), or OSMesa (libosmesa6) and set MUJOCO_GL=osmesa.")
+    return renderer
+
+
+def software_gl_warning(renderer: str, device) -> str | None:
+    """On a GPU run, a software OpenGL renderer draws every frame on the CPU, often slower than CLIP runs."""
+    if torch.device(device).type == "cuda" and any(name in renderer.lower() for name in ("llvmpipe", "softpipe")):
+        return (f"warning: MuJoCo draws on the CPU ({renderer}) on a GPU run: install the NVIDIA driver's EGL library "
+                "(Debian/Ubuntu: libnvidia-gl-<driver version>; in a container, NVIDIA_DRIVER_CAPABILITIES=all) and "
+                "keep MUJOCO_GL=egl, so that frames are drawn on the GPU.")
+    return None
+
+
+def require_configured_camera(camera: str):
+    """Stop with one sentence unless frames come from the free camera the scene configures: gymnasium names no
+    camera, and uses a free camera with `default_camera_config` only since version 1.4 (before, the model's
+    tracking camera, and a run would train on other pictures than the paper's)."""
+    env = CLIPHumanoidEnv((16, 16), textured=False, camera=camera, fast_render=True)  # the camera is all it checks
+    env.render()
+    renderer, expected = env.mujoco_renderer, PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG
+    cam = renderer.viewer.cam
+    if renderer.camera_id != -1 or cam.type != mujoco.mjtCamera.mjCAMERA_FREE or not all(
+            np.allclose(getattr(cam, key), value) for key, value in expected.items()):
+        fail(f"the renderer does not use the --camera {camera} view (camera id {renderer.camera_id}, "
+             f"{mujoco.mjtCamera(cam.type).name}): "
+             f"install the gymnasium of requirements.txt (here: {gym.__version__}).")
+    env.close()
 
 
 def make_env(episode_length: int, frame_size=(224, 224), textured: bool = True, camera: str = "paper",
-             terminate: bool = False, task: str | None = None):
+             terminate: bool = False, task: str | None = None, fast_render: bool = False):
     """A thunk for the vector env; `task`: the reward is 1 in that task's pose, else 0 (see CLIPHumanoidEnv)."""
 
     def thunk():
-        env = CLIPHumanoidEnv(frame_size, textured, camera, terminate, task)
+        env = CLIPHumanoidEnv(frame_size, textured, camera, terminate, task, fast_render)
         env = gym.wrappers.TimeLimit(env, max_episode_steps=episode_length)
         float32_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
         return gym.wrappers.TransformObservation(env, lambda obs: obs.astype(np.float32), float32_space)
@@ -826,11 +861,11 @@ def path_pose(task: str, f: float):
     return {j: (1 - f) * start.get(j, 0.0) + f * goal.get(j, 0.0) for j in {**start, **goal}}, f * TASKS[task].pitch
 
 
-def landscape_frames(task: str, frame_size, textured: bool, camera: str, points: int):
+def landscape_frames(task: str, frame_size, textured: bool, camera: str, points: int, fast_render: bool = False):
     """Frames of the robot at rest along a path of poses: the joint angles go in `points` even steps from
     the task's start (standing, for most) to its hand-built pose. Returns (fractions of the path, frames,
     in-pose flags of the detector)."""
-    env = CLIPHumanoidEnv(frame_size, textured, camera)
+    env = CLIPHumanoidEnv(frame_size, textured, camera, fast_render=fast_render)
     fractions, frames, flags = np.linspace(0.0, 1.0, points), [], []
     for f in fractions:
         env.set_pose(*path_pose(task, f))
@@ -846,7 +881,7 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
     the fraction of steps in the pose and success."""
     judged = args.reward != "ground-truth"
     env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
-                   args.textured, args.camera, terminate=not judged, task=args.task if judged else None)()
+                   args.textured, args.camera, not judged, args.task if judged else None, args.fast_render)()
     results = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -904,9 +939,13 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     if uses_clip and other_task:
         print(f"note: --prompt is the paper's prompt for --task {other_task[0]}, but the {args.task} detector "
               f"judges success; add --task {other_task[0]} to judge it as that task.")
-    require_gl()
+    gl_renderer = require_gl()
+    require_configured_camera(args.camera)
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"MuJoCo renders with OpenGL: {gl_renderer} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
+    if software_gl_warning(gl_renderer, device):
+        print(software_gl_warning(gl_renderer, device))
     if uses_clip and reward_model is None:
         reward_model = load_clip_reward(args, device)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
@@ -916,7 +955,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
 
     if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
         fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
-                                                    args.landscape_points)
+                                                    args.landscape_points, args.fast_render)
         rewards = reward_model(frames).cpu().numpy()
         origin = "a squat" if TASKS[args.task].start else "standing"
         writer.add_figure("reward_landscape", plot_reward_landscape(
@@ -933,8 +972,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
     # env had auto-reset, and scored the next episode's first frame instead.)
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=not judged,
-                  task=args.task if judged else None) for _ in range(args.num_envs)],
+        [make_env(args.episode_length, frame_size, args.textured, args.camera, not judged,
+                  args.task if judged else None, args.fast_render) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     agent = SoftActorCritic(observation_space, action_space, args, device)

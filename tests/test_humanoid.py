@@ -287,3 +287,57 @@ def test_without_headless_opengl_a_run_stops_with_one_sentence_before_clip_is_lo
     with pytest.raises(SystemExit, match=r"^error: MuJoCo cannot render headless with MUJOCO_GL=\w+ \(RuntimeError\): "
                                          r"install EGL .* set MUJOCO_GL=osmesa\.$"):
         humanoid.main(humanoid.Args(output_dir=str(tmp_path)))
+
+
+@needs_gl
+def test_the_scene_keeps_mujocos_shadows_and_multisampling_unless_fast_render():
+    """The authors' scene kept MuJoCo's visual defaults: a shadow-casting light and a 4x multisampled offscreen
+    buffer. --fast-render turns both off, and its frames then differ visibly (the floor renders darker too)."""
+    frames = {}
+    for fast in (False, True):
+        env = humanoid.CLIPHumanoidEnv(frame_size=SIZE, fast_render=fast)
+        env.reset(seed=0)
+        assert env.model.light_castshadow.all() != fast and env.model.vis.quality.offsamples == (0 if fast else 4)
+        assert env.model.vis.quality.shadowsize == (0 if fast else 4096)
+        frames[fast] = env.render().astype(int)
+        env.close()
+    assert np.abs(frames[False] - frames[True]).mean() > 10
+
+
+@needs_gl
+def test_a_renderer_that_ignores_the_configured_camera_stops_the_run_before_clip_is_loaded(monkeypatch, tmp_path):
+    """gymnasium before 1.4 rendered an unnamed camera through the model's tracking camera ("track"), which
+    ignores the paper's distance, angles and look-at: the run must stop, not train on other pictures."""
+    from gymnasium.envs.mujoco import mujoco_rendering
+
+    init = mujoco_rendering.MujocoRenderer.__init__
+
+    def tracking_camera_init(self, model, *args, **kwargs):
+        init(self, model, *args, **kwargs)
+        self.camera_id = humanoid.mujoco.mj_name2id(model, humanoid.mujoco.mjtObj.mjOBJ_CAMERA, "track")
+
+    monkeypatch.setattr(mujoco_rendering.MujocoRenderer, "__init__", tracking_camera_init)
+    monkeypatch.setattr(humanoid, "load_clip_reward", lambda *a: pytest.fail("a CLIP model was loaded"))
+    with pytest.raises(SystemExit, match=r"^error: the renderer does not use the --camera paper view \(camera id \d+, "
+                                         r"mjCAMERA_FIXED\): install the gymnasium of requirements\.txt \(here: 1\.4\.\d+\)\.$"):
+        humanoid.main(humanoid.Args(output_dir=str(tmp_path)))
+    monkeypatch.undo()  # gymnasium as installed: both cameras pass
+    humanoid.require_configured_camera("paper")
+    humanoid.require_configured_camera("stock")
+
+
+@needs_gl
+def test_the_run_prints_its_opengl_renderer_and_warns_when_a_gpu_run_draws_in_software(capsys, tmp_path):
+    humanoid.main(humanoid.Args(reward="pose", num_envs=1, total_timesteps=20, learning_starts=10, train_frequency=10,
+                                gradient_steps=1, batch_size=8, hidden_size=8, episode_length=10, eval_episodes=0,
+                                output_dir=str(tmp_path)))
+    printed = capsys.readouterr().out
+    renderer = humanoid.require_gl()
+    assert f"MuJoCo renders with OpenGL: {renderer} (MUJOCO_GL=" in printed and "warning: MuJoCo draws" not in printed
+    # The warning's rule, for the GPU runs no machine here can make:
+    for name in ("llvmpipe (LLVM 15.0.6, 256 bits)", "softpipe"):
+        warning = humanoid.software_gl_warning(name, "cuda")
+        assert warning.startswith(f"warning: MuJoCo draws on the CPU ({name}) on a GPU run: install the NVIDIA "
+                                  "driver's EGL library") and warning.endswith("so that frames are drawn on the GPU.")
+        assert humanoid.software_gl_warning(name, "cpu") is None  # a CPU run draws on the CPU anyway
+    assert humanoid.software_gl_warning("NVIDIA H200/PCIe/SSE2", "cuda") is None
