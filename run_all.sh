@@ -16,14 +16,16 @@ cd "$(dirname "$0")"
 usage() {
     cat <<'EOF'
 usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--seeds N] [--jobs N]
-                       [--smoke] [--output-dir DIR] [--python CMD] [--summary-only]
+                       [--runs-per-gpu N] [--smoke] [--output-dir DIR] [--python CMD] [--summary-only]
                        [--slurm [--partition NAME] [--gpus-per-task N] [--time HH:MM:SS]]
 
   --dry-run          print every command, one per line, and do nothing else
   --only NAME        run only this environment's experiments (repeatable; default: all three)
   --seeds N          seeds 1..N of every experiment (default 1; the paper used 4 for its Table 1
                      and 2 for its model-scale study)
-  --jobs N           runs at a time, locally (default 1), each lane of runs on its own GPU when there are enough
+  --jobs N           runs at a time, locally (default 1); with GPUs, at most one run per GPU (see --runs-per-gpu)
+  --runs-per-gpu N   runs that may share one GPU (default 1: ViT-bigG-14 takes ~14 GB per run, and two runs
+                     overflow a 24 GB card); --jobs is capped at N x the number of GPUs
   --smoke            a few steps of every experiment with a tiny random-weight CLIP on the CPU
   --output-dir DIR   where runs, logs and the summary go (default runs/paper, runs/smoke with --smoke)
   --python CMD       the interpreter that runs the scripts (default: python)
@@ -37,7 +39,7 @@ EOF
 
 fail_usage() { echo "run_all.sh: $1" >&2; usage >&2; exit 2; }
 
-DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 SLURM=0 SEEDS=1 JOBS=1 OUTPUT_DIR="" PYTHON=python
+DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 SLURM=0 SEEDS=1 JOBS=1 RUNS_PER_GPU=1 OUTPUT_DIR="" PYTHON=python
 PARTITION="" GPUS_PER_TASK=1 TIME_LIMIT=48:00:00 ONLY=() RUN_INDEX=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,9 +52,10 @@ while [ $# -gt 0 ]; do
             case "$2" in cartpole|mountaincar|humanoid) ONLY+=("$2") ;;
                 *) fail_usage "--only must be cartpole, mountaincar or humanoid, got '$2'" ;; esac
             shift ;;
-        --seeds|--jobs|--gpus-per-task) [ $# -ge 2 ] || fail_usage "$1 needs a value"
+        --seeds|--jobs|--runs-per-gpu|--gpus-per-task) [ $# -ge 2 ] || fail_usage "$1 needs a value"
             [[ "$2" =~ ^[1-9][0-9]*$ ]] || fail_usage "$1 must be a positive integer, got '$2'"
-            case "$1" in --seeds) SEEDS=$2 ;; --jobs) JOBS=$2 ;; *) GPUS_PER_TASK=$2 ;; esac
+            case "$1" in --seeds) SEEDS=$2 ;; --jobs) JOBS=$2 ;; --runs-per-gpu) RUNS_PER_GPU=$2 ;;
+                *) GPUS_PER_TASK=$2 ;; esac
             shift ;;
         --output-dir|--python|--partition|--time) [ $# -ge 2 ] || fail_usage "$1 needs a value"
             case "$1" in --output-dir) OUTPUT_DIR=$2 ;; --python) PYTHON=$2 ;; --partition) PARTITION=$2 ;;
@@ -312,6 +315,15 @@ PY
 
 if [ $SUMMARY_ONLY = 1 ]; then summarize; exit $?; fi
 
+# Lanes and GPUs: lane j runs on GPU j mod (number of GPUs); with GPUs, at most --runs-per-gpu lanes per GPU.
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
+else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
+if [ ${#GPU_IDS[@]} -gt 0 ] && [ "$JOBS" -gt $(( ${#GPU_IDS[@]} * RUNS_PER_GPU )) ] && [ -z "$RUN_INDEX" ]; then
+    JOBS=$(( ${#GPU_IDS[@]} * RUNS_PER_GPU ))
+    echo "run_all.sh: $JOBS runs at a time: ${#GPU_IDS[@]} GPU(s), $RUNS_PER_GPU run(s) per GPU (--runs-per-gpu 2" \
+         "shares each GPU between two runs where memory allows: ViT-bigG-14 takes ~14 GB per run)" >&2
+fi
+
 PLAN=$(grid)
 if [ $DRY_RUN = 1 ]; then printf '%s\n' "$PLAN" | cut -f2-; exit 0; fi
 
@@ -346,8 +358,6 @@ fi
 # Each run: skipped when its folder has results.json (finished), resumed when it has a checkpoint (a run folder
 # is "<Env>__<experiment>__<seed>__<time>"), else started; its log grows across attempts. SIGTERM is passed on to
 # the run, which stops at the end of its rollout with a checkpoint (exit 143).
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
-else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
 run_one() {  # $1 = run index, $2 = lane; returns the run's exit status
     local name=${run_names[$1]} command=${commands[$1]} dir what=start code
     local experiment=${name%_seed*} seed=${name##*_seed}
@@ -400,7 +410,7 @@ EOF
 fi
 
 # Locally: --jobs lanes run at the same time; lane j runs runs j, j + jobs, ... one after the other,
-# on GPU j mod (number of GPUs), so that two runs share a GPU only when there are more lanes than GPUs.
+# on GPU j mod (number of GPUs), so that two runs share a GPU only with --runs-per-gpu 2 or more.
 # Ctrl-C or SIGTERM: each running run checkpoints at the end of its rollout and the lanes stop; rerunning the
 # same command goes on.
 lane() {

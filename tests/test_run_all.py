@@ -165,6 +165,28 @@ def test_slurm_submits_one_array_task_per_run(tmp_path):
     assert not list((out / "runs").iterdir())  # nothing ran here
 
 
+def test_one_run_per_gpu_unless_asked_for_more(tmp_path):
+    """More lanes than GPUs would put two bigG runs (~14 GB each) on one GPU: --jobs is capped at
+    --runs-per-gpu x the GPUs (nvidia-smi's, or CUDA_VISIBLE_DEVICES'), and the cap is said; without GPUs
+    (a CPU machine) --jobs stands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\nprintf '0\\n1\\n'\n")  # two GPUs
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    with_gpus = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}
+    capped = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra=with_gpus)
+    assert capped.returncode == 0 and "run_all.sh: 2 runs at a time: 2 GPU(s), 1 run(s) per GPU" in capped.stderr
+    shared = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", "--runs-per-gpu", "2", env_extra=with_gpus)
+    assert "run_all.sh: 4 runs at a time: 2 GPU(s), 2 run(s) per GPU" in shared.stderr
+    visible = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra={"CUDA_VISIBLE_DEVICES": "3,5,6"})
+    assert "run_all.sh: 3 runs at a time: 3 GPU(s)" in visible.stderr
+    assert "runs at a time" not in run_all("--dry-run", "--jobs", "2", env_extra=with_gpus).stderr  # within the cap
+    no_gpu = run_all("--dry-run", "--jobs", "8", env_extra={"PATH": f"{tmp_path}/none:{os.environ['PATH']}",
+                                                             "CUDA_VISIBLE_DEVICES": ""})
+    assert no_gpu.returncode == 0 and "runs at a time" not in no_gpu.stderr
+    assert capped.stdout == run_all("--dry-run", "--only", "cartpole").stdout  # the grid itself is unchanged
+
+
 def fake_run(out, module, final, **flags):
     """A finished run's folder: results.json written by the script's own write_results with its own Args."""
     args = module.Args(output_dir=str(out / "runs"), **flags)
