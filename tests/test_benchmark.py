@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, needs_gl
 
 
 def load_benchmark(name):
@@ -92,3 +92,31 @@ def test_clip_memory_grows_with_the_chunk(tiny_clip):
     large = clip_memory.main(clip_memory.Args(gpu_gib=1.0, **settings))
     assert 0 < figures["max_chunk_fp16"] < large["max_chunk_fp16"]
     assert 0 < figures["max_chunk_fp32"] < large["max_chunk_fp32"]
+
+
+@needs_gl
+def test_gpu_check_reports_every_check_and_goes_on_past_a_failure(tmp_path, monkeypatch, capsys):
+    """gpu_check.sh's work, small on the CPU (--smoke): every script trains from a random checkpoint made on the
+    spot and loaded as a user's file, throughput.py runs, and one table comes out; a check that fails is a row
+    with its error, and the others still run."""
+    gpu_check = load_benchmark("gpu_check")
+    monkeypatch.setattr(gpu_check.mountaincar, "main", lambda args: gpu_check.mountaincar.fail("no such thing"))
+    rows = gpu_check.main(gpu_check.Args(smoke=True, out=str(tmp_path)))
+    assert [row["check"].split(",")[0] for row in rows] == ["cartpole", "mountaincar", "humanoid", "humanoid",
+                                                           "throughput.py --script cartpole"]
+    failed = rows.pop(1)
+    assert failed["error"] == "SystemExit: error: no such thing" and failed["steps_per_second"] is None
+    assert all(not row["error"] and row["steps_per_second"] > 0 for row in rows), rows
+    assert rows[-1]["clip_fps"] > 0 and all(row["peak_gpu_gib"] is None for row in rows)  # no GPU: no figure
+    printed = capsys.readouterr().out
+    assert "MuJoCo's OpenGL renderer: " in printed and "| mountaincar, ViT-B-32 | - | - | - |" in printed
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["rows"][0]["check"] == "cartpole, ViT-B-32"
+    with open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")) as f:
+        assert "timeout 600 python benchmarks/gpu_check.py" in f.read()  # at most 10 minutes
+
+
+def test_gpu_check_without_a_gpu_stops_with_one_sentence(tmp_path, monkeypatch):
+    gpu_check = load_benchmark("gpu_check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"^error: gpu_check needs a CUDA GPU .* --smoke runs the checks small\.$"):
+        gpu_check.main(gpu_check.Args(out=str(tmp_path)))
