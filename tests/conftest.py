@@ -188,9 +188,10 @@ class CarPositionEncoder(StandInEncoder):
 def empty_humanoid_scene(size):
     """A frame of the humanoid's scene at `size` (height, width) without the robot (moved 100 m to its side).
 
-    The paper's camera is fixed in the world, so this is the background of every frame of that size.
+    The paper's camera is fixed in the world, so this is the background of every frame of that size. The scene is
+    --fast-render's: without shadows, so that a robot's shadow on the floor does not read as the robot.
     """
-    env = humanoid.CLIPHumanoidEnv(frame_size=size)
+    env = humanoid.CLIPHumanoidEnv(frame_size=size, fast_render=True)
     env.reset(seed=0)
     qpos = env.init_qpos.copy()
     qpos[1] = 100.0
@@ -204,7 +205,8 @@ class RobotWidthEncoder(StandInEncoder):
     """Sees how wide the humanoid is: φ = π (goal - width) / span clipped to [0, π], `width` the span of the
     robot's pixels from its leftmost to its rightmost column as a fraction of the frame's width.
 
-    The robot's pixels are those that differ from the empty scene (the paper's camera is fixed). Across the
+    The robot's pixels are those that differ from the empty scene (the paper's camera is fixed; frames of the
+    --fast-render scene, without shadows). Across the
     camera's view the frame spans ~2.9 m at the robot: standing at the start of an episode it is ~0.28 of
     the frame wide (arms bent at its sides), ~0.22 with the arms hanging, ~0.37 with them stretched out to
     the sides. With the defaults the reward cos φ is 1 from 0.4 of the frame on, about 0 at the start of an

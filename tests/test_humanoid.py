@@ -124,7 +124,8 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
 
 def test_ground_truth_run_trains_on_gymnasiums_reward(tmp_path, monkeypatch):
     """Every stored reward and termination is gymnasium's for that transition: replaying the stored actions
-    in fresh environments with the same seeds gives them back, falls (terminal) and time limits (not) included."""
+    in fresh environments with the same seeds gives them back, falls and time limits (both terminal, the time
+    limit as in the paper's runs) included."""
     args = humanoid.Args(reward="ground-truth", clip_model="no-such-model", num_envs=2, episode_length=30,
                          total_timesteps=400, learning_starts=200, train_frequency=100, gradient_steps=4,
                          batch_size=32, hidden_size=32, eval_episodes=0, output_dir=str(tmp_path))
@@ -136,16 +137,17 @@ def test_ground_truth_run_trains_on_gymnasiums_reward(tmp_path, monkeypatch):
     for i in range(args.num_envs):  # transitions are stored step by step, env 0 then env 1
         env = humanoid.make_env(args.episode_length, terminate=True)()
         env.reset(seed=args.seed + i)
-        rewards, terminations = [], []
+        rewards, ends, falls = [], [], 0
         for action in rb.actions[i: rb.pos: args.num_envs]:
             _, reward, terminated, truncated, _ = env.step(action)
             rewards.append(reward)
-            terminations.append(terminated)
+            ends.append(terminated or truncated)
+            falls += terminated
             if terminated or truncated:
                 env.reset()
         np.testing.assert_allclose(rb.rewards[i: rb.pos: args.num_envs], rewards, rtol=1e-5)
-        np.testing.assert_array_equal(rb.terminations[i: rb.pos: args.num_envs], terminations)
-    assert rb.terminations[: rb.pos].sum() >= 2  # random actions: the robot falls within a few dozen steps
+        np.testing.assert_array_equal(rb.terminations[i: rb.pos: args.num_envs], ends)
+        assert falls >= 1  # random actions: the robot falls within a few dozen steps
 
 
 @needs_gl
@@ -189,7 +191,7 @@ def test_width_stand_in_reads_the_robots_width():
     encoder = RobotWidthEncoder(size=(64, 64))
     reward_model = humanoid.CLIPReward(encoder, encoder.tokenizer, ("a humanoid robot with its arms stretched out",),
                                        ("a humanoid robot",), alpha=0.0)
-    env = humanoid.CLIPHumanoidEnv(frame_size=(64, 64))
+    env = humanoid.CLIPHumanoidEnv(frame_size=(64, 64), fast_render=True)  # the stand-in's scene: no shadows
     env.reset(seed=0)
     names = ["arms crossed", "hands on hips", "standing", "arms raised", "side splits"]  # narrowest to widest
     frames, widths = [], []
@@ -243,7 +245,9 @@ def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch)
     64x64 frames: ~25 s on one CPU core. Measured (mean width over the second half of greedy episodes, m) on
     seeds 1-6: trained 0.84-0.92; random actions 0.66; the untrained actors 0.64-0.82; trained on a constant
     reward 0.59-0.71, and 0.88 on one seed in six (a drift that happened to spread the arms); on the negated
-    reward 0.46-0.60. Both of those also fail the check of the stored rewards.
+    reward 0.46-0.60. Both of those also fail the check of the stored rewards. The time-limit end is bootstrapped
+    here: with the paper's terminal end, a twentieth of these transitions is terminal at a step the agent cannot
+    see, and seed 1 learned no more than its untrained actor (0.82 against 0.81).
     """
     buffers = capture_buffers(humanoid, monkeypatch)
     encoder = RobotWidthEncoder(size=(64, 64))
@@ -253,7 +257,8 @@ def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch)
                          learning_starts=200, train_frequency=4, gradient_steps=4, batch_size=128, hidden_size=64,
                          gamma=0.8, learning_rate=3e-3, autotune=False, ent_coef=0.01,
                          eval_episodes=0, video_interval=10**9, clip_precision="fp32", output_dir=str(tmp_path),
-                         save_model=True, seed=1)
+                         save_model=True, seed=1, fast_render=True,  # the stand-in's scene: no shadows
+                         bootstrap_time_limit=True)  # see below
     result = humanoid.main(args, reward_model=reward_model)
     assert result["gradient_steps_done"] == 800
 

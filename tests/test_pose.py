@@ -159,7 +159,7 @@ def test_pose_reward_run_trains_on_the_pose_score_and_logs_success(tmp_path, mon
     steps in the pose: the paper's success is at least half of an episode's steps in the pose."""
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=400,
                          learning_starts=100, train_frequency=100, gradient_steps=4, batch_size=32, hidden_size=32,
-                         eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path))
+                         eval_episodes=1, video_interval=10**9, output_dir=str(tmp_path), fast_render=True)
     buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)
     rb = buffers[0]
@@ -222,7 +222,7 @@ def test_training_samples_pose_scores_also_when_the_buffer_wraps(tmp_path, monke
     buffers = capture_buffers(humanoid, monkeypatch)
     args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=200,
                          learning_starts=100, train_frequency=50, gradient_steps=2, batch_size=16, hidden_size=16,
-                         buffer_size=130, eval_episodes=0, output_dir=str(tmp_path))
+                         buffer_size=130, eval_episodes=0, output_dir=str(tmp_path), fast_render=True)
     humanoid.main(args)
     assert buffers[0].full and len(sampled) == 2 * 2 and all(sampled)  # phases at 150 and 200, 2 updates each
 
@@ -238,7 +238,7 @@ def test_clip_run_logs_the_detectors_success_beside_the_clip_reward(tiny_clip, t
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, task="kneeling", num_envs=2, episode_length=20,
                          total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
-                         hidden_size=16, eval_episodes=1, video_interval=10**9,
+                         hidden_size=16, eval_episodes=1, video_interval=10**9, fast_render=True,
                          clip_precision="fp32", output_dir=str(tmp_path))
     buffers = capture_buffers(humanoid, monkeypatch)
     result = humanoid.main(args)

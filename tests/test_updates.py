@@ -62,7 +62,8 @@ def test_sac_target_bootstraps_a_truncation_not_a_termination():
 EPISODE_END_RUNS = {  # short runs in which every env ends several 30-step episodes, all by the time limit
     cartpole: dict(reward="ground-truth"),
     mountaincar: dict(reward="ground-truth", batch_size=16),
-    humanoid: dict(reward="pose", task="standing-up", batch_size=16, hidden_size=16, video_interval=10**9),
+    humanoid: dict(reward="pose", task="standing-up", batch_size=16, hidden_size=16, video_interval=10**9,
+                   fast_render=True),  # on a CPU, shadows would make rendering most of the test's time
 }
 
 
@@ -165,7 +166,7 @@ def test_dqn_target_network_follows_its_schedule(tmp_path, monkeypatch, num_envs
 @pytest.mark.parametrize("module, flags, updates_per_transition, num_envs", [
     (cartpole, dict(), 200 / 1600, 1), (cartpole, dict(), 200 / 1600, 4),
     (mountaincar, dict(batch_size=32), 1.0, 1), (mountaincar, dict(batch_size=32), 1.0, 4),
-    (humanoid, dict(batch_size=32, hidden_size=32), 100 / 3200, 1),  # its loop counts as MountainCar's: 1 env is enough
+    (humanoid, dict(batch_size=32, hidden_size=32, fast_render=True), 100 / 3200, 1),  # counted as MountainCar's: 1 env
 ])
 def test_updates_per_transition_are_the_papers_for_any_num_envs(tmp_path, module, flags, updates_per_transition,
                                                                 num_envs):
@@ -240,7 +241,7 @@ def curves(result):
     (mountaincar, dict(num_envs=2, total_timesteps=400, learning_starts=100, train_frequency=32, gradient_steps=8,
                        batch_size=32, episode_length=50)),
     pytest.param(humanoid, dict(num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50,
-                                gradient_steps=4, batch_size=32, hidden_size=32, episode_length=50),
+                                gradient_steps=4, batch_size=32, hidden_size=32, episode_length=50, fast_render=True),
                  marks=needs_gl),
 ])
 def test_same_seed_same_run_with_or_without_evaluations_on_the_way(tmp_path, module, flags):
