@@ -876,9 +876,9 @@ def landscape_frames(task: str, frame_size, textured: bool, camera: str, points:
 
 
 def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
-    """Deterministic episodes (the mean action): per episode its returns, frames (where OpenGL works) and
-    CLIP rewards, and, where the task's detector judges the run (CLIP and pose runs), the in-pose flags,
-    the fraction of steps in the pose and success."""
+    """Deterministic episodes (the mean action): per episode its returns, frames (every episode's where CLIP
+    scores them, else the first's, for its image strip) and CLIP rewards, and, where the task's detector judges
+    the run (CLIP and pose runs), the in-pose flags, the fraction of steps in the pose and success."""
     judged = args.reward != "ground-truth"
     env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
                    args.textured, args.camera, not judged, args.task if judged else None, args.fast_render)()
@@ -892,7 +892,8 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
             obs, reward, terminated, truncated, info = env.step(action)
             true_return, done = true_return + reward, terminated or truncated
             in_pose_flags.append(info.get("in_pose", False))
-            frames.append(env.render())  # pose runs need no frames to train, but strips show a person what it does
+            if reward_model is not None or episode == 0:  # CLIP scores every episode; a strip shows the first
+                frames.append(env.render())
         clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
         pose_fraction = float(np.mean(in_pose_flags)) if judged else np.nan
         results.append(dict(true_return=true_return, pose_fraction=pose_fraction,
