@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import gymnasium as gym
@@ -290,7 +290,11 @@ class CLIPReward(nn.Module):
     def as_frames(frames) -> np.ndarray:
         """Any uint8 RGB frames: an (N, H, W, 3) or (H, W, 3) array or a list of (H, W, 3) arrays, in any memory
         layout (MuJoCo's renderer returns frames flipped in memory, which torch cannot wrap) -> (N, H, W, 3)."""
-        frames = np.stack(frames) if isinstance(frames, (list, tuple)) else np.asarray(frames)
+        if isinstance(frames, torch.Tensor):  # e.g. frames already on the GPU
+            return frames if frames.ndim == 4 else frames[None]
+        if isinstance(frames, (list, tuple)):
+            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # no frames: no rewards
+        frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
             raise ValueError(f"CLIPReward takes uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
         return np.ascontiguousarray(frames[None] if frames.ndim == 3 else frames)
@@ -422,7 +426,7 @@ def evaluate(q_network, reward_model, args, device, episodes: int, seed: int) ->
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
-    args = Args(**{**state["args"], "resume": args.resume}) if state else args
+    args = resumed_args(Args, state, args.resume) if state else args
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
     if args.end_e > args.start_e:
@@ -762,6 +766,16 @@ def load_checkpoint(run_dir: str) -> dict:
         except Exception as e:
             print(f"note: {path} cannot be read ({type(e).__name__}); the run goes back to the one before it.")
     fail(f"--resume {run_dir!r} holds no readable checkpoint (checkpoint_*.pt): start the run anew.")
+
+
+def resumed_args(args_class, state: dict, resume: str):
+    """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
+    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops."""
+    missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
+    if missing:
+        fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
+             "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    return args_class(**{**state["args"], "resume": resume})
 
 
 def duration(seconds: float) -> str:

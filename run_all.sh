@@ -316,9 +316,11 @@ PY
 if [ $SUMMARY_ONLY = 1 ]; then summarize; exit $?; fi
 
 # Lanes and GPUs: lane j runs on GPU j mod (number of GPUs); with GPUs, at most --runs-per-gpu lanes per GPU.
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
-else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true); fi
-if [ ${#GPU_IDS[@]} -gt 0 ] && [ "$JOBS" -gt $(( ${#GPU_IDS[@]} * RUNS_PER_GPU )) ] && [ -z "$RUN_INDEX" ]; then
+# (An empty CUDA_VISIBLE_DEVICES means no GPU; nvidia-smi prints its failures on stdout: only numbers are GPUs.)
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then IFS=, read -ra GPU_IDS <<<"$CUDA_VISIBLE_DEVICES"
+else mapfile -t GPU_IDS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | grep -E '^[0-9]+$'); fi
+if [ $SMOKE = 0 ] && [ ${#GPU_IDS[@]} -gt 0 ] && [ "$JOBS" -gt $(( ${#GPU_IDS[@]} * RUNS_PER_GPU )) ] \
+        && [ -z "$RUN_INDEX" ]; then
     JOBS=$(( ${#GPU_IDS[@]} * RUNS_PER_GPU ))
     echo "run_all.sh: $JOBS runs at a time: ${#GPU_IDS[@]} GPU(s), $RUNS_PER_GPU run(s) per GPU (--runs-per-gpu 2" \
          "shares each GPU between two runs where memory allows: ViT-bigG-14 takes ~14 GB per run)" >&2
@@ -368,7 +370,11 @@ run_one() {  # $1 = run index, $2 = lane; returns the run's exit status
             break
         fi
     done
-    if [ ${#GPU_IDS[@]} -gt 0 ]; then export CUDA_VISIBLE_DEVICES=${GPU_IDS[$(( $2 % ${#GPU_IDS[@]} ))]}; fi
+    if [ ${#GPU_IDS[@]} -gt 0 ]; then
+        export CUDA_VISIBLE_DEVICES=${GPU_IDS[$(( $2 % ${#GPU_IDS[@]} ))]}
+        # MuJoCo's EGL picks its own device (the first) whatever CUDA_VISIBLE_DEVICES says: render on the run's GPU.
+        [[ "$CUDA_VISIBLE_DEVICES" =~ ^[0-9]+$ ]] && export MUJOCO_EGL_DEVICE_ID=$CUDA_VISIBLE_DEVICES
+    fi
     echo "[$(date +%H:%M:%S)] $what $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
     eval "exec $command" >> "$OUTPUT_DIR/logs/$name.log" 2>&1 &
     local pid=$!

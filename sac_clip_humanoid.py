@@ -37,7 +37,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Literal, NamedTuple
 
 # Headless rendering: MuJoCo reads MUJOCO_GL when it is imported. EGL runs on a GPU and, through Mesa, on a CPU;
@@ -119,7 +119,7 @@ class Args:
     camera: Literal["paper", "stock"] = "paper"
     """`paper`: fixed in front of the robot (distance 3.5, look-at (0, 0, 1), elevation -10°, azimuth 180°); `stock`: gymnasium's"""
     fast_render: bool = False
-    """if toggled, no shadows and no multisampling: software rendering (CPU) ~6x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Speed"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
+    """if toggled, no shadows and no multisampling: software rendering (CPU) ~6x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Where the defaults differ"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
     num_envs: int = 32
     """the number of parallel environments (paper: 32)"""
     episode_length: int = 100
@@ -255,7 +255,7 @@ def humanoid_xml(textured: bool, frame_size, folder: str, fast_render: bool = Fa
     visual = root.find("visual")
     height, width = frame_size
     ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
-    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (README, "Speed")
+    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (README, "Where the defaults differ")
         ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
         for light in root.iter("light"):
             light.set("castshadow", "false")
@@ -532,7 +532,7 @@ def require_gl() -> str:
         context.make_current()
         from OpenGL import GL
 
-        renderer = GL.glGetString(GL.GL_RENDERER).decode()
+        renderer = (GL.glGetString(GL.GL_RENDERER) or b"unknown").decode()
         context.free()
     except Exception as e:
         fail(f"MuJoCo cannot render headless with MUJOCO_GL={os.environ['MUJOCO_GL']} ({type(e).__name__}): install "
@@ -542,7 +542,8 @@ def require_gl() -> str:
 
 def software_gl_warning(renderer: str, device) -> str | None:
     """On a GPU run, a software OpenGL renderer draws every frame on the CPU, often slower than CLIP runs."""
-    if torch.device(device).type == "cuda" and any(name in renderer.lower() for name in ("llvmpipe", "softpipe")):
+    software = ("llvmpipe", "softpipe", "swrast", "offscreen")  # Mesa's software renderers (OSMesa's included)
+    if torch.device(device).type == "cuda" and any(name in renderer.lower() for name in software):
         return (f"warning: MuJoCo draws on the CPU ({renderer}) on a GPU run: install the NVIDIA driver's EGL library "
                 "(Debian/Ubuntu: libnvidia-gl-<driver version>; in a container, NVIDIA_DRIVER_CAPABILITIES=all) and "
                 "keep MUJOCO_GL=egl, so that frames are drawn on the GPU.")
@@ -620,7 +621,11 @@ class CLIPReward(nn.Module):
     def as_frames(frames) -> np.ndarray:
         """Any uint8 RGB frames: an (N, H, W, 3) or (H, W, 3) array or a list of (H, W, 3) arrays, in any memory
         layout (MuJoCo's renderer returns frames flipped in memory, which torch cannot wrap) -> (N, H, W, 3)."""
-        frames = np.stack(frames) if isinstance(frames, (list, tuple)) else np.asarray(frames)
+        if isinstance(frames, torch.Tensor):  # e.g. frames already on the GPU
+            return frames if frames.ndim == 4 else frames[None]
+        if isinstance(frames, (list, tuple)):
+            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # no frames: no rewards
+        frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
             raise ValueError(f"CLIPReward takes uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
         return np.ascontiguousarray(frames[None] if frames.ndim == 3 else frames)
@@ -719,10 +724,10 @@ class Actor(nn.Module):
     """a = tanh(u), scaled to the action bounds, with u = μ(s) + noise.
 
     With gSDE (Raffin et al., 2022, used by the authors' code) the noise is φ(s)ᵀW: φ(s) the last
-    hidden layer, W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
-    noise is a fixed function of the state, so the car keeps pushing the same way in the same
-    situation and can rock itself up the hill; noise drawn anew every step mostly cancels out
-    (MountainCar's classic exploration trap). Given φ(s), the noise is Gaussian with variance
+    hidden layer, W ~ N(0, σ_W²) drawn at each rollout's start and every `sde_sample_freq` steps.
+    Between draws the noise is a fixed function of the state, so MountainCar's car keeps pushing the
+    same way in the same situation and can rock itself up the hill; noise drawn anew every step mostly
+    cancels out (the task's classic exploration trap). Given φ(s), the noise is Gaussian with variance
     φ(s)² · σ_W² per action, which gives the log-probability; its gradient reaches the trunk through
     φ(s) too, as in SB3's SAC (`learn_features=True`). Without gSDE: u ~ N(μ(s), σ(s)²).
     """
@@ -881,7 +886,8 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
     the run (CLIP and pose runs), the in-pose flags, the fraction of steps in the pose and success."""
     judged = args.reward != "ground-truth"
     env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
-                   args.textured, args.camera, not judged, args.task if judged else None, args.fast_render)()
+                   args.textured, args.camera, terminate=not judged, task=args.task if judged else None,
+                   fast_render=args.fast_render)()
     results = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -930,7 +936,7 @@ def goal_prompts(args) -> tuple[str, ...]:
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
-    args = Args(**{**state["args"], "resume": args.resume}) if state else args
+    args = resumed_args(Args, state, args.resume) if state else args
     args.prompt = goal_prompts(args)
     uses_clip = args.reward == "clip"
     judged = args.reward != "ground-truth"  # the task's pose detector judges every step (CLIP and pose runs)
@@ -945,8 +951,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     seed_everything(args.seed, args.torch_deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print(f"MuJoCo renders with OpenGL: {gl_renderer} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
-    if software_gl_warning(gl_renderer, device):
-        print(software_gl_warning(gl_renderer, device))
+    if warning := software_gl_warning(gl_renderer, device):
+        print(warning)
     if uses_clip and reward_model is None:
         reward_model = load_clip_reward(args, device)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
@@ -973,8 +979,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
     # env had auto-reset, and scored the next episode's first frame instead.)
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.episode_length, frame_size, args.textured, args.camera, not judged,
-                  args.task if judged else None, args.fast_render) for _ in range(args.num_envs)],
+        [make_env(args.episode_length, frame_size, args.textured, args.camera, terminate=not judged,
+                  task=args.task if judged else None, fast_render=args.fast_render) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     agent = SoftActorCritic(observation_space, action_space, args, device)
@@ -1304,6 +1310,16 @@ def load_checkpoint(run_dir: str) -> dict:
         except Exception as e:
             print(f"note: {path} cannot be read ({type(e).__name__}); the run goes back to the one before it.")
     fail(f"--resume {run_dir!r} holds no readable checkpoint (checkpoint_*.pt): start the run anew.")
+
+
+def resumed_args(args_class, state: dict, resume: str):
+    """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
+    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops."""
+    missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
+    if missing:
+        fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
+             "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    return args_class(**{**state["args"], "resume": resume})
 
 
 def duration(seconds: float) -> str:

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import gymnasium as gym
@@ -333,7 +333,11 @@ class CLIPReward(nn.Module):
     def as_frames(frames) -> np.ndarray:
         """Any uint8 RGB frames: an (N, H, W, 3) or (H, W, 3) array or a list of (H, W, 3) arrays, in any memory
         layout (MuJoCo's renderer returns frames flipped in memory, which torch cannot wrap) -> (N, H, W, 3)."""
-        frames = np.stack(frames) if isinstance(frames, (list, tuple)) else np.asarray(frames)
+        if isinstance(frames, torch.Tensor):  # e.g. frames already on the GPU
+            return frames if frames.ndim == 4 else frames[None]
+        if isinstance(frames, (list, tuple)):
+            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # no frames: no rewards
+        frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
             raise ValueError(f"CLIPReward takes uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
         return np.ascontiguousarray(frames[None] if frames.ndim == 3 else frames)
@@ -432,10 +436,10 @@ class Actor(nn.Module):
     """a = tanh(u), scaled to the action bounds, with u = μ(s) + noise.
 
     With gSDE (Raffin et al., 2022, used by the authors' code) the noise is φ(s)ᵀW: φ(s) the last
-    hidden layer, W ~ N(0, σ_W²) drawn every `sde_sample_freq` steps. Between draws the
-    noise is a fixed function of the state, so the car keeps pushing the same way in the same
-    situation and can rock itself up the hill; noise drawn anew every step mostly cancels out
-    (MountainCar's classic exploration trap). Given φ(s), the noise is Gaussian with variance
+    hidden layer, W ~ N(0, σ_W²) drawn at each rollout's start and every `sde_sample_freq` steps.
+    Between draws the noise is a fixed function of the state, so MountainCar's car keeps pushing the
+    same way in the same situation and can rock itself up the hill; noise drawn anew every step mostly
+    cancels out (the task's classic exploration trap). Given φ(s), the noise is Gaussian with variance
     φ(s)² · σ_W² per action, which gives the log-probability; its gradient reaches the trunk through
     φ(s) too, as in SB3's SAC (`learn_features=True`). Without gSDE: u ~ N(μ(s), σ(s)²).
     """
@@ -606,7 +610,7 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
-    args = Args(**{**state["args"], "resume": args.resume}) if state else args
+    args = resumed_args(Args, state, args.resume) if state else args
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
     seed_everything(args.seed, args.torch_deterministic)
@@ -939,6 +943,16 @@ def load_checkpoint(run_dir: str) -> dict:
         except Exception as e:
             print(f"note: {path} cannot be read ({type(e).__name__}); the run goes back to the one before it.")
     fail(f"--resume {run_dir!r} holds no readable checkpoint (checkpoint_*.pt): start the run anew.")
+
+
+def resumed_args(args_class, state: dict, resume: str):
+    """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
+    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops."""
+    missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
+    if missing:
+        fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
+             "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    return args_class(**{**state["args"], "resume": resume})
 
 
 def duration(seconds: float) -> str:

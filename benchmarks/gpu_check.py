@@ -63,20 +63,37 @@ def random_checkpoint(name: str, folder: str, device) -> tuple[str, str]:
     return name, path
 
 
-def measure(check, device, run) -> dict:
-    """Runs `run()`; its steps/s and CLIP frames/s, the peak GPU memory it took, or the error it raised."""
+def reset_peak_memory(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def measure(check, device, run) -> dict:
+    """Runs `run()`; its steps/s and CLIP frames/s, the peak GPU memory it took, or the error it raised."""
+    reset_peak_memory(device)
     start, row = time.perf_counter(), dict(check=check, steps_per_second=None, clip_fps=None, error="")
     try:
         row.update(run())
-    except (Exception, SystemExit) as e:  # a script's one-sentence stop (SystemExit) is a result here too
+    except SystemExit as e:
+        if e.code in (130, 143):  # the run was asked to stop (Ctrl-C, or gpu_check.sh's time limit): so is the check
+            raise
+        row["error"] = f"SystemExit: {e}"  # a script's one-sentence stop
+    except Exception as e:
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
         traceback.print_exc()
     row["seconds"] = time.perf_counter() - start
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return row
+
+
+HEADER = "| check | steps/s | CLIP frames/s | peak GPU memory (GiB) | seconds | error |\n|---|---|---|---|---|---|"
+
+
+def table_row(row: dict) -> str:
+    number = lambda value, spec: format(value, spec) if value is not None else "-"  # noqa: E731
+    return (f"| {row['check']} | {number(row['steps_per_second'], '.0f')} | {number(row['clip_fps'], '.0f')} | "
+            f"{number(row['peak_gpu_gib'], '.1f')} | {row['seconds']:.0f} | {row['error'] or '-'} |")
 
 
 def main(args: Args) -> list:
@@ -91,18 +108,28 @@ def main(args: Args) -> list:
             json.dump(TINY, f)
         models = dict.fromkeys(["ViT-B-32", "ViT-bigG-14"], random_checkpoint(
             os.path.join(args.out, "tiny-gpu-check.json"), args.out, device))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (--smoke)"
     rows = []
+
+    def report(row):  # each row as it is measured, so that a check cut short by the time limit leaves the others
+        rows.append(row)
+        print(f"\ngpu_check on {device_name}; MuJoCo's OpenGL renderer: {gl} (MUJOCO_GL={os.environ['MUJOCO_GL']})\n{HEADER}")
+        print("\n".join(table_row(r) for r in rows), flush=True)
+        with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+            json.dump(dict(device=device_name, gl_renderer=gl, rows=rows), f, indent=1)
+
     for check, module, model, flags in CHECKS:
         def run(module=module, model=model, flags=flags):
             if model not in models:
                 models[model] = random_checkpoint(model, args.out, device)
+                reset_peak_memory(device)  # the peak is the run's, not the making of its checkpoint
             name, checkpoint = models[model]
             if args.smoke:  # small, and on a CPU the humanoid's shadows would take most of the time
                 flags = {**SMOKE, **(dict(fast_render=True) if module is humanoid else {})}
             result = module.main(module.Args(clip_model=name, clip_pretrained=checkpoint, eval_episodes=1,
                                              output_dir=os.path.join(args.out, "runs"), **flags))
             return dict(steps_per_second=result["sps"])
-        rows.append(measure(f"{check}, {model}", device, run))
+        report(measure(f"{check}, {model}", device, run))
 
     settings = dict(script="humanoid", clip_model="ViT-bigG-14", precision="fp16",
                     batch_size=humanoid.Args().clip_chunk_size, num_envs=32, frames=512, steps=6400)
@@ -113,18 +140,8 @@ def main(args: Args) -> list:
     def clip_throughput():
         figures = throughput.main(throughput.Args(**settings))
         return dict(steps_per_second=figures["end_to_end_sps"], clip_fps=figures["clip_fps"])
-    rows.append(measure(f"throughput.py --script {settings['script']}, {os.path.basename(settings['clip_model'])} "
-                        f"{settings['precision']}, chunk {settings['batch_size']}", device, clip_throughput))
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (--smoke)"
-    print(f"\ngpu_check on {name}; MuJoCo's OpenGL renderer: {gl} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
-    print("| check | steps/s | CLIP frames/s | peak GPU memory (GiB) | seconds | error |\n|---|---|---|---|---|---|")
-    number = lambda value, spec: format(value, spec) if value is not None else "-"  # noqa: E731
-    for row in rows:
-        print(f"| {row['check']} | {number(row['steps_per_second'], '.0f')} | {number(row['clip_fps'], '.0f')} | "
-              f"{number(row['peak_gpu_gib'], '.1f')} | {row['seconds']:.0f} | {row['error'] or '-'} |")
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump(dict(device=name, gl_renderer=gl, rows=rows), f, indent=1)
+    report(measure(f"throughput.py --script {settings['script']}, {os.path.basename(settings['clip_model'])} "
+                   f"{settings['precision']}, chunk {settings['batch_size']}", device, clip_throughput))
     return rows
 
 

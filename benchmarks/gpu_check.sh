@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "gpu_check: no nvidia-smi here"
 export MUJOCO_GL=${MUJOCO_GL:-egl}  # the NVIDIA driver's EGL draws the humanoid on the GPU
-timeout 600 python benchmarks/gpu_check.py "$@"
+timeout -k 30 600 python benchmarks/gpu_check.py "$@"  # SIGTERM: the running script checkpoints and stops
 code=$?
 [ $code = 124 ] && echo "gpu_check: stopped after 10 minutes; the rows above are what finished" >&2
 exit $code

@@ -112,7 +112,7 @@ def test_gpu_check_reports_every_check_and_goes_on_past_a_failure(tmp_path, monk
     assert "MuJoCo's OpenGL renderer: " in printed and "| mountaincar, ViT-B-32 | - | - | - |" in printed
     assert json.loads((tmp_path / "gpu_check.json").read_text())["rows"][0]["check"] == "cartpole, ViT-B-32"
     with open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")) as f:
-        assert "timeout 600 python benchmarks/gpu_check.py" in f.read()  # at most 10 minutes
+        assert "timeout -k 30 600 python benchmarks/gpu_check.py" in f.read()  # at most 10 minutes
 
 
 def test_gpu_check_without_a_gpu_stops_with_one_sentence(tmp_path, monkeypatch):
@@ -120,3 +120,15 @@ def test_gpu_check_without_a_gpu_stops_with_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match=r"^error: gpu_check needs a CUDA GPU .* --smoke runs the checks small\.$"):
         gpu_check.main(gpu_check.Args(out=str(tmp_path)))
+
+
+def test_gpu_check_stops_when_its_run_is_asked_to_and_keeps_the_rows_before(tmp_path, monkeypatch):
+    """gpu_check.sh's time limit sends SIGTERM: the running script checkpoints and exits 143, and gpu_check stops
+    too (not on to the next check past its 10 minutes), its table so far in gpu_check.json."""
+    gpu_check = load_benchmark("gpu_check")
+    monkeypatch.setattr(gpu_check.mountaincar, "main", lambda args: (_ for _ in ()).throw(SystemExit(143)))
+    with pytest.raises(SystemExit) as stopped:
+        gpu_check.main(gpu_check.Args(smoke=True, out=str(tmp_path)))
+    assert stopped.value.code == 143
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert [row["check"] for row in rows] == ["cartpole, ViT-B-32"] and not rows[0]["error"]

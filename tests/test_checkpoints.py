@@ -262,3 +262,16 @@ def test_a_gpu_runs_random_stream_is_saved_and_restored_for_its_own_device(monke
     cartpole.restore_random_and_env_state(state, envs, rb)
     assert calls == [("get", gpu), ("set", gpu, 3.0)]
     assert cartpole.random_and_env_state(envs, cartpole.ReplayBuffer(10, 4, (), np.int64, cpu), False)["cuda"] is None
+
+
+def test_a_checkpoint_older_than_a_flag_is_not_resumed_with_todays_default(tmp_path):
+    """A checkpoint whose flags lack one (written before it existed) would go on with today's default, e.g. the
+    time-limit end turning terminal half way through a run: the run stops with one sentence instead."""
+    result = cartpole.main(short_args(cartpole, tmp_path, reward="ground-truth", total_timesteps=200))
+    state = cartpole.load_checkpoint(result["run_dir"])
+    del state["args"]["bootstrap_time_limit"]
+    cartpole.save_checkpoint(result["run_dir"], state)
+    with pytest.raises(SystemExit, match=r"^error: --resume '.*': its checkpoint was written before "
+                                         r"--bootstrap-time-limit existed, so going on could change what the run "
+                                         r"does half way: finish it with the code that wrote it, or start anew\.$"):
+        cartpole.main(cartpole.Args(resume=result["run_dir"]))

@@ -174,6 +174,58 @@ def test_gsde_noise_is_a_fixed_function_of_the_state_between_draws():
     assert not torch.allclose(first, redrawn)
 
 
+def test_gsde_learns_its_features_through_the_noise():
+    """SB3's SAC runs gSDE with learn_features=True: the log-probability's and the noise's gradients reach the
+    policy's trunk through φ(s). With the mean head zeroed, the action depends on the trunk only through the noise."""
+    torch.manual_seed(0)
+    actor = mountaincar.Actor(OBSERVATION_SPACE, ACTION_SPACE, 16, sde=True, log_std_init=0.0)
+    torch.nn.init.zeros_(actor.mean.weight)
+    torch.nn.init.zeros_(actor.mean.bias)
+    actions, log_prob = actor(torch.tensor([[-0.5, 0.01], [-0.3, -0.02]]), actor.sample_exploration())
+    (actions.sum() + log_prob.sum()).backward()
+    trunk_grad = actor.trunk[-2].weight.grad  # the last hidden layer, φ(s)
+    assert trunk_grad is not None and trunk_grad.abs().max() > 1e-3
+
+
+def test_a_gradient_step_draws_one_noise_matrix_for_a_and_a_next():
+    """SB3 resets gSDE's noise once per gradient step, and both a ~ π(s) (the actor's loss) and a' ~ π(s')
+    (the target) use it."""
+    torch.manual_seed(0)
+    import types
+
+    settings = dict(gamma=0.9, tau=0.01, hidden_size=16, sde=True, log_std_init=-1.0, learning_rate=1e-3,
+                    autotune=True, ent_coef=0.1)
+    agent = mountaincar.SoftActorCritic(OBSERVATION_SPACE, ACTION_SPACE, types.SimpleNamespace(**settings), "cpu")
+    draws, used, forward, sample = [], [], agent.actor.forward, agent.actor.sample_exploration
+    agent.actor.sample_exploration = lambda *shape: draws.append(sample(*shape)) or draws[-1]
+    agent.actor.forward = lambda obs, exploration=None, deterministic=False: used.append(exploration) or forward(
+        obs, exploration, deterministic)
+    batch = (torch.rand(32, 2) - 0.5, torch.rand(32, 1) * 2 - 1, torch.rand(32), torch.rand(32, 2) - 0.5,
+             torch.zeros(32))
+    for _ in range(3):
+        agent.update(*batch)
+    assert len(draws) == 3 and len(used) == 6  # per step: one draw, two actor calls (a' in the target, then a)
+    assert all(used[2 * i] is draws[i] and used[2 * i + 1] is draws[i] for i in range(3))
+    assert draws[0].shape == agent.actor.log_std.shape  # one matrix for the whole batch
+
+
+def test_gsde_redraws_at_each_rollouts_start_and_every_sde_sample_freq_steps_of_each_env(tmp_path, monkeypatch):
+    """As SB3's collect_rollouts: a new matrix per env at the start of every rollout and every sde-sample-freq
+    steps of each env within it. Rollouts of 10 transitions with 2 envs are 5 steps of each env: draws at
+    their steps 0, 2, 4."""
+    steps, draws = [0], []
+    add, sample = mountaincar.ReplayBuffer.add, mountaincar.Actor.sample_exploration
+    monkeypatch.setattr(mountaincar.ReplayBuffer, "add", lambda self, *a: steps.append(steps[-1] + 1) or add(self, *a))
+    monkeypatch.setattr(mountaincar.Actor, "sample_exploration",
+                        lambda self, *shape: draws.append((steps[-1], shape)) or sample(self, *shape))
+    mountaincar.main(mountaincar.Args(reward="ground-truth", clip_model="unused", num_envs=2, total_timesteps=40,
+                                      learning_starts=20, train_frequency=10, gradient_steps=1, batch_size=8,
+                                      sde_sample_freq=2, episode_length=20, eval_episodes=0, output_dir=str(tmp_path)))
+    rollout_draws = [step for step, shape in draws if shape == (2,)]  # the envs' matrices (updates draw shape ())
+    assert rollout_draws == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]  # vector steps: 4 rollouts of 5
+    assert sum(shape == () for _, shape in draws) == 2  # one per gradient step: after the rollouts at 30 and 40
+
+
 @pytest.mark.parametrize("sde", [True, False])
 def test_mean_action_draws_no_random_numbers(sde):
     """Evaluation acts with the mean action and must leave torch's random stream (training's) untouched."""

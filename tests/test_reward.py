@@ -185,3 +185,12 @@ def test_frames_that_are_not_uint8_rgb_are_refused_with_one_sentence(tiny_reward
         reward_model(np.zeros((2, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match=r"got uint8 \(2, 64, 64, 4\)"):
         reward_model(np.zeros((2, 64, 64, 4), np.uint8))
+
+
+def test_frames_already_in_a_tensor_and_no_frames_at_all(tiny_reward):
+    reward_model = tiny_reward()
+    frames = sweep_frames(reward_model.image_size, n=3)
+    expected = reward_model(frames)
+    torch.testing.assert_close(reward_model(torch.from_numpy(frames)), expected)  # e.g. frames already on a GPU
+    torch.testing.assert_close(reward_model(torch.from_numpy(frames[0])), expected[:1], atol=1e-6, rtol=0)
+    assert reward_model([]).shape == (0,)

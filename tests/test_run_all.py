@@ -14,7 +14,9 @@ RUN_ALL = os.path.join(ROOT, "run_all.sh")
 
 
 def run_all(*flags, env_extra=None):
+    """run_all.sh with these flags; `env_extra` adds to the environment (None removes a variable)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDL_VIDEODRIVER": "dummy", **(env_extra or {})}
+    env = {key: value for key, value in env.items() if value is not None}
     return subprocess.run(["bash", RUN_ALL, "--python", sys.executable, *flags], capture_output=True, text=True,
                           env=env, timeout=1200)
 
@@ -168,23 +170,27 @@ def test_slurm_submits_one_array_task_per_run(tmp_path):
 def test_one_run_per_gpu_unless_asked_for_more(tmp_path):
     """More lanes than GPUs would put two bigG runs (~14 GB each) on one GPU: --jobs is capped at
     --runs-per-gpu x the GPUs (nvidia-smi's, or CUDA_VISIBLE_DEVICES'), and the cap is said; without GPUs
-    (a CPU machine) --jobs stands."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\nprintf '0\\n1\\n'\n")  # two GPUs
-    (bin_dir / "nvidia-smi").chmod(0o755)
-    with_gpus = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}
-    capped = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra=with_gpus)
+    (a CPU machine, an empty CUDA_VISIBLE_DEVICES, or an nvidia-smi that only prints its failure) --jobs stands."""
+    def fake_nvidia_smi(folder, output):
+        folder.mkdir()
+        (folder / "nvidia-smi").write_text(f"#!/usr/bin/env bash\nprintf '{output}'\n")
+        (folder / "nvidia-smi").chmod(0o755)
+        return {"PATH": f"{folder}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": None}
+
+    two_gpus = fake_nvidia_smi(tmp_path / "two", "0\\n1\\n")
+    capped = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra=two_gpus)
     assert capped.returncode == 0 and "run_all.sh: 2 runs at a time: 2 GPU(s), 1 run(s) per GPU" in capped.stderr
-    shared = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", "--runs-per-gpu", "2", env_extra=with_gpus)
+    assert capped.stdout == run_all("--dry-run", "--only", "cartpole").stdout  # the grid itself is unchanged
+    shared = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", "--runs-per-gpu", "2", env_extra=two_gpus)
     assert "run_all.sh: 4 runs at a time: 2 GPU(s), 2 run(s) per GPU" in shared.stderr
+    assert "runs at a time" not in run_all("--dry-run", "--jobs", "2", env_extra=two_gpus).stderr  # within the cap
     visible = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra={"CUDA_VISIBLE_DEVICES": "3,5,6"})
     assert "run_all.sh: 3 runs at a time: 3 GPU(s)" in visible.stderr
-    assert "runs at a time" not in run_all("--dry-run", "--jobs", "2", env_extra=with_gpus).stderr  # within the cap
-    no_gpu = run_all("--dry-run", "--jobs", "8", env_extra={"PATH": f"{tmp_path}/none:{os.environ['PATH']}",
-                                                             "CUDA_VISIBLE_DEVICES": ""})
-    assert no_gpu.returncode == 0 and "runs at a time" not in no_gpu.stderr
-    assert capped.stdout == run_all("--dry-run", "--only", "cartpole").stdout  # the grid itself is unchanged
+    broken = fake_nvidia_smi(tmp_path / "broken", "NVIDIA-SMI has failed because it could not communicate with the "
+                                                  "NVIDIA driver.\\n")
+    for env in (broken, {**two_gpus, "CUDA_VISIBLE_DEVICES": ""}):
+        result = run_all("--dry-run", "--jobs", "8", env_extra=env)
+        assert result.returncode == 0 and "runs at a time" not in result.stderr
 
 
 def fake_run(out, module, final, **flags):
