@@ -119,7 +119,7 @@ class Args:
     camera: Literal["paper", "stock"] = "paper"
     """`paper`: fixed in front of the robot (distance 3.5, look-at (0, 0, 1), elevation -10°, azimuth 180°); `stock`: gymnasium's"""
     fast_render: bool = False
-    """if toggled, no shadows and no multisampling: software rendering (CPU) ~6x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Where the defaults differ"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
+    """if toggled, no shadows and no multisampling: software rendering (CPU) ~10x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Where the defaults differ"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
     num_envs: int = 32
     """the number of parallel environments (paper: 32)"""
     episode_length: int = 100
