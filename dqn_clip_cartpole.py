@@ -48,6 +48,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available (CLIP and the Q-network)"""
+    torch_threads: int = 0
+    """CPU threads of torch (0: torch's default, every core); runs sharing a machine each need their share (run_all.sh --jobs N gives each cores / N)"""
     output_dir: str = "runs"
     """folder that receives `<run name>/` with TensorBoard logs, figures, videos and the model"""
     capture_video: bool = False
@@ -141,7 +143,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               exploration_fraction="(0, 1]", learning_starts="[0, inf)", train_frequency="[1, inf)",
               gradient_steps="[1, inf)", max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)",
               video_interval="[1, inf)", clip_chunk_size="[1, inf)",
-              landscape_points="[2, inf)", checkpoint_interval="[1, inf)")
+              landscape_points="[2, inf)", checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +434,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     if args.end_e > args.start_e:
         fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from one to the other.")
     seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)

@@ -97,14 +97,14 @@ grid() {
     local seed alpha textured task prompt model tag
     for seed in $(seq 1 "$SEEDS"); do
         if wants cartpole; then
-            local s="$PYTHON dqn_clip_cartpole.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags cartpole)"
+            local s="$PYTHON dqn_clip_cartpole.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags cartpole)$THREADS"
             for alpha in "${ALPHAS[@]}"; do
                 emit cartpole_alpha$alpha "--alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
             done
             emit cartpole_ground_truth "--reward ground-truth"
         fi
         if wants mountaincar; then
-            local s="$PYTHON sac_clip_mountaincar.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags mountaincar)"
+            local s="$PYTHON sac_clip_mountaincar.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags mountaincar)$THREADS"
             for textured in textured no-textured; do
                 for alpha in "${ALPHAS[@]}"; do
                     emit mountaincar_${textured}_alpha$alpha "--$textured --alpha $alpha $(model_flags ViT-bigG-14 laion2b_s39b_b160k)"
@@ -113,7 +113,7 @@ grid() {
             emit mountaincar_ground_truth "--reward ground-truth"
         fi
         if wants humanoid; then
-            local s="$PYTHON sac_clip_humanoid.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags humanoid)"
+            local s="$PYTHON sac_clip_humanoid.py --seed $seed --output-dir $OUTPUT_DIR/runs$(smoke_flags humanoid)$THREADS"
             # Table 1: eight tasks, alpha 0, ViT-bigG-14, textured scene, the paper's camera.
             # --task gives the paper's prompt (Table 3) and the pose detector that judges success.
             for task in kneeling lotus-position standing-up arms-raised doing-splits hands-on-hips arms-crossed \
@@ -325,6 +325,10 @@ if [ $SMOKE = 0 ] && [ ${#GPU_IDS[@]} -gt 0 ] && [ "$JOBS" -gt $(( ${#GPU_IDS[@]
     echo "run_all.sh: $JOBS runs at a time: ${#GPU_IDS[@]} GPU(s), $RUNS_PER_GPU run(s) per GPU (--runs-per-gpu 2" \
          "shares each GPU between two runs where memory allows: ViT-bigG-14 takes ~14 GB per run)" >&2
 fi
+# Runs at the same time share the CPU cores: each gets its share of torch's threads (else every run spins one
+# thread per core, and they slow each other several times over).
+THREADS=""
+if [ "$JOBS" -gt 1 ]; then CORES=$(nproc); THREADS=" --torch-threads $(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))"; fi
 
 PLAN=$(grid)
 if [ $DRY_RUN = 1 ]; then printf '%s\n' "$PLAN" | cut -f2-; exit 0; fi

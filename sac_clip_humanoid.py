@@ -72,6 +72,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available (CLIP and the SAC networks)"""
+    torch_threads: int = 0
+    """CPU threads of torch (0: torch's default, every core); runs sharing a machine each need their share (run_all.sh --jobs N gives each cores / N)"""
     output_dir: str = "runs"
     """folder that receives `<run name>/` with TensorBoard logs, image strips, videos and the model"""
     capture_video: bool = False
@@ -172,7 +174,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
               ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
               video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)",
-              checkpoint_interval="[1, inf)")
+              checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -952,6 +954,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     gl_renderer = require_gl()
     require_configured_camera(args.camera)
     seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print(f"MuJoCo renders with OpenGL: {gl_renderer} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
     if warning := software_gl_warning(gl_renderer, device):

@@ -51,6 +51,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available (CLIP and the SAC networks)"""
+    torch_threads: int = 0
+    """CPU threads of torch (0: torch's default, every core); runs sharing a machine each need their share (run_all.sh --jobs N gives each cores / N)"""
     output_dir: str = "runs"
     """folder that receives `<run name>/` with TensorBoard logs, figures, videos and the model"""
     capture_video: bool = False
@@ -145,7 +147,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
               ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
               video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)",
-              checkpoint_interval="[1, inf)")
+              checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,6 +619,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
     seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)

@@ -180,7 +180,10 @@ def test_one_run_per_gpu_unless_asked_for_more(tmp_path):
     two_gpus = fake_nvidia_smi(tmp_path / "two", "0\\n1\\n")
     capped = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", env_extra=two_gpus)
     assert capped.returncode == 0 and "run_all.sh: 2 runs at a time: 2 GPU(s), 1 run(s) per GPU" in capped.stderr
-    assert capped.stdout == run_all("--dry-run", "--only", "cartpole").stdout  # the grid itself is unchanged
+    # The grid is the same, each run given its share of the cores: 2 runs at a time on this machine's cores.
+    share = max(os.cpu_count() // 2, 1)
+    assert capped.stdout.replace(f" --torch-threads {share}", "") == run_all("--dry-run", "--only", "cartpole").stdout
+    assert capped.stdout.count(f" --torch-threads {share} ") == len(capped.stdout.splitlines())
     shared = run_all("--dry-run", "--only", "cartpole", "--jobs", "8", "--runs-per-gpu", "2", env_extra=two_gpus)
     assert "run_all.sh: 4 runs at a time: 2 GPU(s), 2 run(s) per GPU" in shared.stderr
     assert "runs at a time" not in run_all("--dry-run", "--jobs", "2", env_extra=two_gpus).stderr  # within the cap

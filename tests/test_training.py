@@ -164,3 +164,14 @@ def test_clip_model_can_be_an_open_clip_config_file(tiny_clip, tmp_path):
                       learning_starts=100)
     result = cartpole.main(args)
     assert args.clip_model == "my-tiny-clip" and result["global_step"] == 200
+
+
+def test_torch_threads_sets_the_runs_cpu_threads(tmp_path):
+    """Two runs on one machine would each spin a thread per core; --torch-threads gives a run its share."""
+    before = torch.get_num_threads()
+    try:
+        cartpole.main(short_args(tmp_path, reward="ground-truth", total_timesteps=100, torch_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert before == 1  # conftest's one thread per test process, which a run without the flag keeps
