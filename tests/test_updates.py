@@ -21,23 +21,30 @@ def sac_agent(**overrides):
     return mountaincar.SoftActorCritic(OBSERVATION_SPACE, ACTION_SPACE, types.SimpleNamespace(**settings), "cpu")
 
 
-def test_dqn_target_bootstraps_a_truncation_not_a_termination():
-    """Row 0 ends in a terminal state (no bootstrap); row 1 was cut by the time limit (bootstrapped)."""
+def dqn_td_loss(batch, gamma: float):
+    """dqn_update's loss on `batch` with untrained networks whose max Q_target is ≈ 10 (so that bootstrapping
+    shows) and a learning rate of 0; also γ max Q_target(s'), and the Huber loss of Q(s, a) against any target."""
+    obs, actions, rewards, next_obs, terminations = batch
     torch.manual_seed(0)
     q_network, target_network = cartpole.QNetwork(4, 2, 16), cartpole.QNetwork(4, 2, 16)
-    torch.nn.init.constant_(target_network.network[-1].bias, 10.0)  # max Q_target ≈ 10: bootstrapping shows
-    obs, next_obs = torch.randn(2, 4), torch.randn(2, 4)
-    actions, rewards, terminations = torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])
+    torch.nn.init.constant_(target_network.network[-1].bias, 10.0)
     with torch.no_grad():
         q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
-        bootstrap = 0.99 * target_network(next_obs).max(dim=1).values
+        bootstrap = gamma * target_network(next_obs).max(dim=1).values
     optimizer = torch.optim.SGD(q_network.parameters(), lr=0.0)
-    losses = cartpole.dqn_update(q_network, target_network, optimizer, (obs, actions, rewards, next_obs, terminations),
-                                 gamma=0.99, max_grad_norm=10.0)
-    loss = lambda target: F.smooth_l1_loss(q_taken, target).item()  # noqa: E731
-    assert losses["td_loss"] == pytest.approx(loss(rewards + torch.tensor([0.0, 1.0]) * bootstrap), rel=1e-6)
-    assert abs(losses["td_loss"] - loss(rewards + bootstrap)) > 1  # bootstrapping the terminal row: off by ~5
-    assert abs(losses["td_loss"] - loss(rewards)) > 1  # not bootstrapping the truncated row: off by ~5
+    td_loss = cartpole.dqn_update(q_network, target_network, optimizer, batch, gamma, max_grad_norm=10.0)["td_loss"]
+    return td_loss, bootstrap, lambda target: F.smooth_l1_loss(q_taken, target).item()
+
+
+def test_dqn_target_bootstraps_a_truncation_not_a_termination():
+    """Row 0 ends in a terminal state (no bootstrap); row 1 was cut by the time limit (bootstrapped)."""
+    torch.manual_seed(1)
+    obs, next_obs = torch.randn(2, 4), torch.randn(2, 4)
+    actions, rewards, terminations = torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])
+    td_loss, bootstrap, loss = dqn_td_loss((obs, actions, rewards, next_obs, terminations), gamma=0.99)
+    assert td_loss == pytest.approx(loss(rewards + torch.tensor([0.0, 1.0]) * bootstrap), rel=1e-6)
+    assert abs(td_loss - loss(rewards + bootstrap)) > 1  # bootstrapping the terminal row: off by ~5
+    assert abs(td_loss - loss(rewards)) > 1  # not bootstrapping the truncated row: off by ~5
 
 
 def test_sac_target_bootstraps_a_truncation_not_a_termination():
@@ -88,16 +95,10 @@ def test_time_limit_end_is_terminal_as_in_the_paper_unless_bootstrapped(module, 
         rb.obs, rb.actions, rb.rewards, rb.next_obs, rb.terminations))
     torch.manual_seed(0)
     if module is cartpole:
-        q_network, target_network = cartpole.QNetwork(4, 2, 16), cartpole.QNetwork(4, 2, 16)
-        torch.nn.init.constant_(target_network.network[-1].bias, 10.0)  # max Q_target ≈ 10: bootstrapping shows
-        with torch.no_grad():
-            q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
-            bootstrapped = rewards + args.gamma * target_network(next_obs).max(dim=1).values
-        td_loss = cartpole.dqn_update(q_network, target_network, torch.optim.SGD(q_network.parameters(), lr=0.0),
-                                      (obs, actions, rewards, next_obs, terminations), args.gamma, 10.0)["td_loss"]
-        expected = F.smooth_l1_loss(q_taken, bootstrapped if bootstrap else rewards).item()
-        assert td_loss == pytest.approx(expected, rel=1e-6)
-        assert abs(F.smooth_l1_loss(q_taken, rewards).item() - F.smooth_l1_loss(q_taken, bootstrapped).item()) > 5
+        td_loss, discounted_next_q, loss = dqn_td_loss((obs, actions, rewards, next_obs, terminations), args.gamma)
+        bootstrapped = rewards + discounted_next_q
+        assert td_loss == pytest.approx(loss(bootstrapped if bootstrap else rewards), rel=1e-6)
+        assert abs(loss(rewards) - loss(bootstrapped)) > 5
     else:
         envs_space = module.make_env(args.episode_length)()
         agent = module.SoftActorCritic(envs_space.observation_space, envs_space.action_space, args, "cpu")
