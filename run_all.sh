@@ -84,7 +84,7 @@ smoke_flags() {  # a handful of steps, CPU-sized
     case "$1" in
         cartpole) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
         mountaincar) echo " --total-timesteps 120 --learning-starts 60 --train-frequency 30 --gradient-steps 2 --batch-size 32 --episode-length 30 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda" ;;
-        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda --fast-render" ;;  # software shadows would take most of the time
+        humanoid) echo " --total-timesteps 80 --learning-starts 40 --train-frequency 20 --gradient-steps 2 --batch-size 32 --hidden-size 32 --episode-length 20 --num-envs 2 --eval-episodes 1 --landscape-points 5 --clip-precision fp32 --no-cuda --fast-render --baseline-episodes 1" ;;  # software shadows would take most of the time
     esac
 }
 

@@ -166,6 +166,8 @@ class Args:
     """deterministic evaluation episodes at each evaluation and at the end of training (0: no final evaluation)"""
     landscape_points: int = 21
     """poses on the reward landscape's path (standing to the task's pose) scored before training"""
+    baseline_episodes: int = 32
+    """episodes each of zero and of random actions that the task's detector judges at the start: the baselines (baselines/*, results.json) every learning curve is read against (0: none)"""
 
 
 # Allowed values of the numeric flags, checked before anything is loaded.
@@ -174,7 +176,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
               ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
               video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)",
-              checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
+              checkpoint_interval="[1, inf)", torch_threads="[0, inf)", baseline_episodes="[0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,9 +357,9 @@ def pose_features(data) -> dict[str, float]:
     )
 
 
-# Each condition: (feature, "<" or ">", threshold, margin). The margin is how far beyond the threshold
-# the graded score (pose_score) of the condition falls from 1 to 0; it is chosen to reach about the
-# value of a clearly wrong pose, so that the score still says "closer" there.
+# Each condition: (feature, "<" or ">", threshold, margin). The margin is the scale of the graded score
+# (pose_score): one margin beyond the threshold is about the value of a clearly wrong pose, where the
+# condition's share of the score reaches 0, so that the score still says "closer" up to there.
 # The robot's joint limits shape some poses: its hips cannot turn the shins flat onto the floor (no
 # true lotus: seated, upright, knees spread, feet drawn in is as close as it gets), its arms cross
 # only reaching forwards, and its elbows go back rather than out with the hands on the hips.
@@ -434,25 +436,31 @@ TASKS = {
 }
 
 
-def condition_violation(features: dict, condition) -> float:
-    """How far a feature is on the wrong side of its threshold (0 when the condition holds)."""
+INSIDE = 0.25  # the graded part is full only this many margins inside each threshold: it pulls on past the detector's boundary
+
+
+def condition_depth(features: dict, condition) -> float:
+    """How far a feature is inside its threshold (negative when the condition fails, by that much)."""
     feature, op, threshold, _ = condition
-    value = features[feature]
-    return max(threshold - value, 0.0) if op == ">" else max(value - threshold, 0.0)
+    return features[feature] - threshold if op == ">" else threshold - features[feature]
 
 
 def in_pose(features: dict, task: str) -> bool:
     """The detector: every condition of the task holds."""
-    return all(condition_violation(features, c) == 0.0 for c in TASKS[task].conditions)
+    return all(condition_depth(features, c) >= 0.0 for c in TASKS[task].conditions)
 
 
 def pose_score(features: dict, task: str) -> float:
-    """A graded detector in [0, 1]: the mean over the task's conditions of clip(1 - violation / margin, 0, 1).
+    """`--reward pose`: half the detector's in-pose flag, half a graded part in [0, 1].
 
-    It is 1 exactly when in the pose and falls as the pose is left; `--reward pose` trains on it.
+    The graded part is the mean over the task's conditions of clip((depth + margin) / ((1 + INSIDE) margin), 0, 1):
+    0 one margin outside a threshold, 0.8 at it, 1 a quarter margin inside. Far from the pose it says "closer";
+    at the boundary it still pays to go further in, so the body does not hover where the flag flickers. The flag
+    makes every step in the pose worth more than any step out of it: 0.9-1 in the pose, below 0.5 out of it.
     """
     conditions = TASKS[task].conditions
-    return float(np.mean([np.clip(1.0 - condition_violation(features, c) / c[3], 0.0, 1.0) for c in conditions]))
+    graded = np.mean([np.clip((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0, 1.0) for c in conditions])
+    return float(0.5 * graded + 0.5 * in_pose(features, task))
 
 
 class CLIPHumanoidEnv(HumanoidEnv):
@@ -915,6 +923,30 @@ def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> lis
     return results
 
 
+def action_baselines(args) -> dict:
+    """What the task's detector says of doing nothing (zero actions) and of uniform random actions, over
+    --baseline-episodes episodes each from the env's start states: the fraction of steps in the pose and the success
+    rate. Left without torques the robot collapses onto its heels and kneels for a while, so a learned pose
+    counts only where the greedy policy beats both."""
+    env = make_env(args.episode_length, task=args.task, fast_render=True)()  # nothing is rendered
+    env.action_space.seed(args.seed)
+    figures = {}
+    for name, act in (("zero", lambda: np.zeros(env.action_space.shape, np.float32)), ("random", env.action_space.sample)):
+        fractions = []
+        for episode in range(args.baseline_episodes):
+            env.reset(seed=args.seed + 20_000 + episode)  # start states apart from training's and evaluation's
+            steps_in_pose, done = [], False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(act())
+                steps_in_pose.append(reward)
+                done = terminated or truncated
+            fractions.append(np.mean(steps_in_pose))
+        figures[f"{name}_actions_pose_fraction"] = float(np.mean(fractions))
+        figures[f"{name}_actions_success_rate"] = float(np.mean(np.array(fractions) >= SUCCESS_FRACTION))
+    env.close()
+    return figures
+
+
 def image_strip(frames, clip_rewards, in_pose=None, count: int = 8) -> np.ndarray:
     """`count` evenly spaced frames of an episode side by side, each with its step, CLIP reward and,
     with the task's detector, "in pose" where it says so."""
@@ -966,6 +998,11 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
     writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
+    baselines = action_baselines(args) if judged and args.baseline_episodes else {}  # the lines every learning curve is read against
+    if baselines:
+        print(f"baselines on the {args.task} detector: " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
+    for name, value in baselines.items() if not state else ():
+        writer.add_scalar(f"baselines/{name}", value, 0)
 
     if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
         fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
@@ -1008,6 +1045,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                                  ("episodic_return", "true_return", not judged)]:
             if results and logged:
                 writer.add_scalar(f"eval/{tag}", np.mean([r[key] for r in results]), global_step)
+        if results and judged:  # the episodes start only reset noise (0.01) apart: do they differ at all?
+            fractions = [r["pose_fraction"] for r in results]
+            writer.add_scalar("eval/distinct_pose_fractions", len(set(fractions)), global_step)
+            writer.add_scalar("eval/pose_fraction_spread", max(fractions) - min(fractions), global_step)
         if results and results[0]["frames"]:
             from PIL import Image
 
@@ -1128,7 +1169,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                  gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
                  wall_seconds=seconds_before + time.time() - start_time,
                  epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
-                 precision=reward_model.precision if uses_clip else None)
+                 precision=reward_model.precision if uses_clip else None, **baselines)
     success = (f"success rate {final['eval_success_rate']:.2f} (in the {args.task} pose for at least half of the "
                f"episode), pose fraction {final['eval_pose_fraction']:.2f}, " if judged else "")
     clip = (f", CLIP return {final['eval_clip_return']:.4g}, last-frame CLIP reward "

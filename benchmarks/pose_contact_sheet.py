@@ -140,7 +140,7 @@ def failed_conditions(features: dict, task: str) -> str:
     """The conditions that do not hold, e.g. "torso_upright 0.65 (> 0.7)"."""
     return ", ".join(f"{name} {features[name]:.2f} ({op} {threshold})"
                      for name, op, threshold, margin in humanoid.TASKS[task].conditions
-                     if humanoid.condition_violation(features, (name, op, threshold, margin)) > 0)
+                     if humanoid.condition_depth(features, (name, op, threshold, margin)) < 0)
 
 
 def main(args: Args) -> dict:

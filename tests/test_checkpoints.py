@@ -22,7 +22,7 @@ FLAGS = {  # short runs whose rollouts end at the listed steps, learning startin
                    episode_length=50),
     mountaincar: dict(num_envs=2, total_timesteps=384, learning_starts=96, train_frequency=32, gradient_steps=8,
                       batch_size=32, episode_length=50),
-    humanoid: dict(num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50, gradient_steps=4,
+    humanoid: dict(baseline_episodes=1, num_envs=2, total_timesteps=300, learning_starts=100, train_frequency=50, gradient_steps=4,
                    batch_size=32, hidden_size=32, episode_length=40, fast_render=True),  # CPU: shadows are slow
 }
 STOP_AT = {cartpole: 350, mountaincar: 200, humanoid: 170}  # transitions stored when SIGTERM arrives

@@ -96,7 +96,7 @@ def test_frames_are_rendered_at_the_requested_size_and_show_the_state_reached():
 @needs_gl
 def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
     name, checkpoint, _ = tiny_clip
-    args = humanoid.Args(clip_model=name, clip_pretrained=checkpoint, alpha=0.5, num_envs=3, episode_length=20,
+    args = humanoid.Args(baseline_episodes=1, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, num_envs=3, episode_length=20,
                          total_timesteps=300, learning_starts=150, train_frequency=30, gradient_steps=4,
                          batch_size=32, hidden_size=32, eval_episodes=1, video_interval=10**9,
                          clip_precision="fp32", output_dir=str(tmp_path), save_model=True, capture_video=True)
@@ -127,7 +127,7 @@ def test_ground_truth_run_trains_on_gymnasiums_reward(tmp_path, monkeypatch, boo
     """Every stored reward and termination is gymnasium's for that transition: replaying the stored actions
     in fresh environments with the same seeds gives them back. A fall is terminal either way; the time limit
     is terminal as in the paper's runs, and not with --bootstrap-time-limit."""
-    args = humanoid.Args(reward="ground-truth", clip_model="no-such-model", num_envs=2, episode_length=30,
+    args = humanoid.Args(baseline_episodes=1, reward="ground-truth", clip_model="no-such-model", num_envs=2, episode_length=30,
                          total_timesteps=400, learning_starts=200, train_frequency=100, gradient_steps=4,
                          batch_size=32, hidden_size=32, eval_episodes=0, output_dir=str(tmp_path),
                          bootstrap_time_limit=bootstrap, fast_render=True)
@@ -255,7 +255,7 @@ def test_agent_learns_to_stretch_its_arms_out_from_pixels(tmp_path, monkeypatch)
     encoder = RobotWidthEncoder(size=(64, 64))
     reward_model = humanoid.CLIPReward(encoder, encoder.tokenizer, ("a humanoid robot with its arms stretched out",),
                                        ("a humanoid robot",), alpha=0.0)
-    args = humanoid.Args(task="arms-raised", clip_model="unused", num_envs=4, episode_length=20, total_timesteps=1000,
+    args = humanoid.Args(baseline_episodes=1, task="arms-raised", clip_model="unused", num_envs=4, episode_length=20, total_timesteps=1000,
                          learning_starts=200, train_frequency=4, gradient_steps=4, batch_size=128, hidden_size=64,
                          gamma=0.8, learning_rate=3e-3, autotune=False, ent_coef=0.01,
                          eval_episodes=0, video_interval=10**9, clip_precision="fp32", output_dir=str(tmp_path),
@@ -335,7 +335,7 @@ def test_a_renderer_that_ignores_the_configured_camera_stops_the_run_before_clip
 
 @needs_gl
 def test_the_run_prints_its_opengl_renderer_and_warns_when_a_gpu_run_draws_in_software(capsys, tmp_path):
-    humanoid.main(humanoid.Args(reward="pose", num_envs=1, total_timesteps=20, learning_starts=10, train_frequency=10,
+    humanoid.main(humanoid.Args(baseline_episodes=1, reward="pose", num_envs=1, total_timesteps=20, learning_starts=10, train_frequency=10,
                                 gradient_steps=1, batch_size=8, hidden_size=8, episode_length=10, eval_episodes=0,
                                 output_dir=str(tmp_path)))
     printed = capsys.readouterr().out
