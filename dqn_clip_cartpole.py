@@ -86,8 +86,8 @@ class Args:
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
-    clip_chunk_size: int = 256
-    """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
+    clip_chunk_size: int = 0
+    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (the fastest there; README, "Speed")"""
     landscape_points: int = 41
     """pole angles in the reward-landscape sweep made before training"""
 
@@ -142,7 +142,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               target_network_frequency="[1, inf)", batch_size="[1, inf)", start_e="[0, 1]", end_e="[0, 1]",
               exploration_fraction="(0, 1]", learning_starts="[0, inf)", train_frequency="[1, inf)",
               gradient_steps="[1, inf)", max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[1, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[0, inf)",
               landscape_points="[2, inf)", checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
@@ -628,6 +628,15 @@ def choose_precision(flag: str, device) -> str:
     return precision
 
 
+def choose_chunk_size(flag: int, device) -> int:
+    """`0`: 256 frames per CLIP pass on a GPU (few large passes keep it busy; memory bounds them) and 32 on a CPU,
+    where passes of 32-64 frames ran fastest (benchmarks/clip_cpu_pipeline.py)."""
+    size = flag or (256 if torch.device(device).type == "cuda" else 32)
+    if not flag:
+        print(f"CLIP scores {size} frames per pass (--clip-chunk-size 0 on {torch.device(device).type})")
+    return size
+
+
 def load_clip_reward(args, device) -> CLIPReward:
     """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
     pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
@@ -659,7 +668,7 @@ def load_clip_reward(args, device) -> CLIPReward:
         fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
              f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
     return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt, args.baseline_prompt, args.alpha,
-                      device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
+                      device, choose_chunk_size(args.clip_chunk_size, device), choose_precision(args.clip_precision, device))
 
 
 def open_writer(run_dir: str, args, resume_step: int | None = None) -> SummaryWriter:

@@ -28,6 +28,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -112,8 +113,8 @@ class Args:
     """open_clip pretrained tag of `--clip-model`, or the path of a local checkpoint file"""
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
-    clip_chunk_size: int = 256
-    """most frames per CLIP forward pass (bounds GPU memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations; README, "Speed")"""
+    clip_chunk_size: int = 0
+    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (the fastest there; README, "Speed")"""
 
     # Environment
     textured: bool = True
@@ -175,7 +176,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
               learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
               ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[1, inf)", landscape_points="[2, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[0, inf)", landscape_points="[2, inf)",
               checkpoint_interval="[1, inf)", torch_threads="[0, inf)", baseline_episodes="[0, inf)")
 
 
@@ -331,11 +332,11 @@ def pose_features(data) -> dict[str, float]:
     hips = {"right": pelvis - HIP_HALF_WIDTH * pelvis_axes[:, 1], "left": pelvis + HIP_HALF_WIDTH * pelvis_axes[:, 1]}
     # The direction the hips face, along the floor (none when the pelvis faces up or down: lying).
     facing = pelvis_axes[:, 0] * np.array([1.0, 1.0, 0.0])
-    facing = facing / np.linalg.norm(facing) if np.linalg.norm(facing) > 0.1 else np.zeros(3)
+    facing = facing / math.hypot(*facing[:2]) if math.hypot(*facing[:2]) > 0.1 else np.zeros(3)
     lower_knee = int(knees[1][2] < knees[0][2])  # 0: the right knee, 1: the left
     # How far each hand is to the robot's left of the spine, in the torso's frame (turning or leaning does not change it).
     leftward = {side: float((hand - torso_position) @ torso_axes[:, 1]) for side, hand in hands.items()}
-    horizontal = lambda a, b: float(np.linalg.norm((a - b)[:2]))  # noqa: E731
+    horizontal = lambda a, b: math.hypot(a[0] - b[0], a[1] - b[1])  # noqa: E731
     return dict(
         head_height=float(head[2]),
         pelvis_height=float(pelvis[2]),
@@ -350,7 +351,7 @@ def pose_features(data) -> dict[str, float]:
         feet_to_pelvis=max(horizontal(f, pelvis) for f in feet),  # the farther foot: small when the legs are folded in
         low_hand_above_head=float(min(h[2] for h in hands.values()) - head[2]),
         high_hand_above_head=float(max(h[2] for h in hands.values()) - head[2]),
-        hands_to_hips=max(float(np.linalg.norm(hands[side] - hips[side])) for side in hands),  # the farther hand
+        hands_to_hips=max(math.dist(hands[side], hips[side]) for side in hands),  # the farther hand
         # Positive when each hand is past the spine on the other side (the right hand on the left, and the left
         # hand on the right): the smaller of the two crossings, so both arms must cross.
         hands_crossed=min(leftward["right"], -leftward["left"]),
@@ -459,8 +460,8 @@ def pose_score(features: dict, task: str) -> float:
     makes every step in the pose worth more than any step out of it: 0.9-1 in the pose, below 0.5 out of it.
     """
     conditions = TASKS[task].conditions
-    graded = np.mean([np.clip((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0, 1.0) for c in conditions])
-    return float(0.5 * graded + 0.5 * in_pose(features, task))
+    shares = [min(max((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0), 1.0) for c in conditions]
+    return 0.5 * sum(shares) / len(shares) + 0.5 * in_pose(features, task)
 
 
 class CLIPHumanoidEnv(HumanoidEnv):
@@ -1216,6 +1217,15 @@ def choose_precision(flag: str, device) -> str:
     return precision
 
 
+def choose_chunk_size(flag: int, device) -> int:
+    """`0`: 256 frames per CLIP pass on a GPU (few large passes keep it busy; memory bounds them) and 32 on a CPU,
+    where passes of 32-64 frames ran fastest (benchmarks/clip_cpu_pipeline.py)."""
+    size = flag or (256 if torch.device(device).type == "cuda" else 32)
+    if not flag:
+        print(f"CLIP scores {size} frames per pass (--clip-chunk-size 0 on {torch.device(device).type})")
+    return size
+
+
 def load_clip_reward(args, device) -> CLIPReward:
     """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
     pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
@@ -1247,7 +1257,7 @@ def load_clip_reward(args, device) -> CLIPReward:
         fail(f"--clip-pretrained {args.clip_pretrained!r} could not be loaded into {args.clip_model}: "
              f"{(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
     return CLIPReward(model.eval().requires_grad_(False), tokenizer, args.prompt, args.baseline_prompt, args.alpha,
-                      device, args.clip_chunk_size, choose_precision(args.clip_precision, device))
+                      device, choose_chunk_size(args.clip_chunk_size, device), choose_precision(args.clip_precision, device))
 
 
 def open_writer(run_dir: str, args, resume_step: int | None = None) -> SummaryWriter:

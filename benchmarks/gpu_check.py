@@ -132,7 +132,7 @@ def main(args: Args) -> list:
         report(measure(f"{check}, {model}", device, run))
 
     settings = dict(script="humanoid", clip_model="ViT-bigG-14", precision="fp16",
-                    batch_size=humanoid.Args().clip_chunk_size, num_envs=32, frames=512, steps=6400)
+                    batch_size=humanoid.choose_chunk_size(0, "cuda"), num_envs=32, frames=512, steps=6400)
     if args.smoke:
         settings.update(script="cartpole", clip_model=models["ViT-B-32"][0], precision="fp32", batch_size=8,
                         num_envs=2, frames=16, steps=40)

@@ -1,5 +1,4 @@
-"""benchmarks/throughput.py and benchmarks/clip_memory.py run at a tiny size and report every figure
-(no test asserts a time)."""
+"""The benchmarks run at a tiny size and report every figure (no test asserts a time)."""
 
 import importlib.util
 import json
@@ -132,3 +131,45 @@ def test_gpu_check_stops_when_its_run_is_asked_to_and_keeps_the_rows_before(tmp_
     assert stopped.value.code == 143
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
     assert [row["check"] for row in rows] == ["cartpole, ViT-B-32"] and not rows[0]["error"]
+
+
+def test_pose_reward_report_orders_states_as_the_detector(tmp_path):
+    """benchmarks/pose_reward_report.py: every state in the pose scores above every state out of it (AUC 1, and
+    Spearman's rho at its ceiling), for every task; zero and random actions score in the out-of-pose band."""
+    report = load_benchmark("pose_reward_report").main(load_benchmark("pose_reward_report").Args(
+        out=str(tmp_path / "report.json"), episodes=1, jitters=1))
+    assert set(report) == set(load_benchmark("pose_contact_sheet").humanoid.TASKS)
+    for task, row in report.items():
+        assert row["in_pose_states"] > 0 and row["auc"] == 1.0, task
+        assert row["spearman"] == pytest.approx(row["spearman_ceiling"]) and row["best_out_of_pose"] < 0.5
+        assert min(row["in_pose_score"]) >= 0.9
+    assert json.loads((tmp_path / "report.json").read_text())["kneeling"]["auc"] == 1.0
+
+
+@needs_gl
+def test_pose_speed_reports_the_marginal_rate_and_the_update_bound(tmp_path):
+    """benchmarks/pose_speed.py, tiny: two runs that differ in length give the marginal rate; the update's FLOPs
+    are the SAC update's of the paper's sizes (batch 512, 2 x 256: ~2.3 GFLOP counted with torch's counter)."""
+    pose_speed = load_benchmark("pose_speed")
+    figures = pose_speed.main(pose_speed.Args(raw_steps=50, learning_starts=64, phases=(0, 1), updates=1,
+                                              json=str(tmp_path / "speed.json")))
+    assert figures["raw_sps_before"] > 0 and figures["pose_sps_after_learning_starts"] > 0
+    assert 1.5 < figures["update_gflop"] < 3.5 and figures["matmul_gflops_per_s"] > 0
+    assert figures["update_bound_sps"] == pytest.approx(32 * figures["matmul_gflops_per_s"] / figures["update_gflop"])
+    assert json.loads((tmp_path / "speed.json").read_text())["torch_threads"] == 1
+
+
+def test_clip_cpu_pipeline_compares_the_scripts_with_the_authors_pipeline(tiny_clip, tmp_path, monkeypatch):
+    """benchmarks/clip_cpu_pipeline.py, tiny: a frames/s per chunk size, and end-to-end CartPole runs of both
+    pipelines; the authors' renders gymnasium's full 600x400 frame (CLIPReward resizes it)."""
+    pipeline = load_benchmark("clip_cpu_pipeline")
+    name, _, _ = tiny_clip
+    sizes = []
+    embed = pipeline.cartpole.CLIPReward.embed_images
+    monkeypatch.setattr(pipeline.cartpole.CLIPReward, "embed_images",
+                        lambda self, frames: sizes.append(np.asarray(frames).shape[1:3]) or embed(self, frames))
+    figures = pipeline.main(pipeline.Args(clip_model=name, chunk_sizes=(4, 16), frames=16, steps=64, repeats=1,
+                                          json=str(tmp_path / "pipeline.json")))
+    assert set(figures["chunk_frames_per_s"]) == {4, 16} and figures["cpu_rule_chunk_size"] == 32
+    assert all(len(v) == 1 and v[0] > 0 for v in figures["end_to_end_sps"].values())
+    assert (400, 600) in sizes and any(size != (400, 600) for size in sizes)

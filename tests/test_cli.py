@@ -36,7 +36,7 @@ BAD_INPUTS = [
     (["--eval-episodes", "-1", "--reward", "ground-truth"], "--eval-episodes"),
     (["--gamma", "1.5", "--reward", "ground-truth"], "--gamma must be in [0, 1], got 1.5"),
     (["--tau", "0", "--reward", "ground-truth"], "--tau"),
-    (["--clip-chunk-size", "0"], "--clip-chunk-size"),
+    (["--clip-chunk-size", "-1"], "--clip-chunk-size"),
     (["--buffer-size", "100"], "--buffer-size must hold a rollout and an episode"),  # CLIP returns from replay slots
     ([], "--clip-pretrained"),  # the defaults, offline: the weights cannot be downloaded
 ]

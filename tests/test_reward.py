@@ -135,6 +135,14 @@ def test_precision_rule_is_fixed(capsys):
     assert printed[0] == "CLIP image encoder runs in fp16 (autocast) (--clip-precision auto on cuda)"
 
 
+def test_chunk_size_rule_is_fixed(capsys):
+    """`--clip-chunk-size 0` depends only on the device (256 on a GPU, 32 on a CPU); a size given is kept."""
+    assert cartpole.choose_chunk_size(0, torch.device("cuda")) == 256 and cartpole.choose_chunk_size(0, "cpu") == 32
+    assert cartpole.choose_chunk_size(100, "cpu") == 100 and cartpole.choose_chunk_size(8, "cuda") == 8
+    assert capsys.readouterr().out.splitlines() == ["CLIP scores 256 frames per pass (--clip-chunk-size 0 on cuda)",
+                                                    "CLIP scores 32 frames per pass (--clip-chunk-size 0 on cpu)"]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_autocasts_the_encoder_only(tiny_reward, precision):
     """The CUDA default's arithmetic (autocast), run on the CPU: the encoder's matrix products in reduced

@@ -1,0 +1,144 @@
+"""How fast `sac_clip_humanoid.py --reward pose` trains on a CPU, against the physics alone.
+
+    taskset -c 0 python benchmarks/pose_speed.py --json pose_speed.json
+
+Measured back to back, on the threads given (`--threads`, one by default; pin the process to as many
+cores, and run it on a quiet machine):
+- raw physics: gymnasium's Humanoid-v5 alone with random actions, one env (before and after the rest);
+- the training loop after learning starts, at the paper's update ratio (100 gradient steps of batch 512
+  per 3,200 transitions, 32 envs): two runs that differ only in length, so that their difference in
+  training time over their difference in steps is the marginal rate, without start-up, the random steps
+  before learning starts or the evaluation;
+- one SAC update: its FLOPs (torch's FlopCounterMode), milliseconds and FLOP rate, against the rate of
+  plain matrix products of the update's shapes on the same threads, and the steps/s bound the update's
+  FLOPs alone would set at that rate.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import sac_clip_humanoid as humanoid  # noqa: E402
+
+
+@dataclass
+class Args:
+    task: humanoid.TaskName = "kneeling"
+    """the pose task of the training runs"""
+    threads: int = 1
+    """torch threads"""
+    raw_steps: int = 5000
+    """steps of raw Humanoid-v5, each time it is measured"""
+    learning_starts: int = 3200
+    """transitions of random actions before learning starts (both runs)"""
+    phases: tuple[int, int] = (2, 8)
+    """training phases (3,200 transitions and 100 updates each) after learning starts, of the short and the long run"""
+    updates: int = 30
+    """SAC updates timed for the FLOP rate"""
+    json: str | None = None
+    """write the figures to this JSON file"""
+
+
+def raw_physics(steps: int) -> float:
+    """Steps per second of gymnasium's Humanoid-v5 with random actions (one env, reset when it falls)."""
+    env = gym.make("Humanoid-v5")
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    seconds = time.perf_counter() - start
+    env.close()
+    return steps / seconds
+
+
+def training_seconds(args: Args, phases: int, folder: str) -> tuple[int, float]:
+    """(transitions, seconds of training) of a `--reward pose` run with the paper's SAC settings."""
+    defaults = humanoid.Args()
+    run = humanoid.Args(reward="pose", task=args.task, learning_starts=args.learning_starts,
+                        total_timesteps=args.learning_starts + phases * defaults.train_frequency,
+                        eval_episodes=0, video_interval=10**9, baseline_episodes=0, fast_render=True,
+                        checkpoint_buffer=False, checkpoint_interval=10**9, torch_threads=args.threads,
+                        output_dir=folder)
+    result = humanoid.main(run)
+    return result["global_step"], result["wall_seconds"]
+
+
+def update_figures(args: Args) -> dict:
+    """One SAC update of the paper's sizes: GFLOP, milliseconds, GFLOP/s, and the rate of plain matrix products
+    of its shapes on these threads."""
+    defaults = humanoid.Args()
+    env = humanoid.make_env(100)()
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = humanoid.SoftActorCritic(env.observation_space, env.action_space, defaults, "cpu")
+    batch = defaults.batch_size
+    sample = lambda: (torch.randn(batch, obs_dim), torch.rand(batch, action_dim) * 0.8 - 0.4,  # noqa: E731
+                      torch.rand(batch), torch.randn(batch, obs_dim), torch.zeros(batch))
+    agent.update(*sample())  # warm-up
+    counter = FlopCounterMode(display=False)
+    with counter:
+        agent.update(*sample())
+    flops = counter.get_total_flops()
+    samples = [sample() for _ in range(args.updates)]
+    start = time.perf_counter()
+    for s in samples:
+        agent.update(*s)
+    seconds = (time.perf_counter() - start) / args.updates
+    # The update's matrix products: the critics' and the actor's layers, forward and backward.
+    hidden, best = defaults.hidden_size, 0.0
+    for m, k, n in ((batch, obs_dim + action_dim, hidden), (batch, hidden, hidden), (batch, obs_dim, hidden),
+                    (hidden, batch, hidden)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        start = time.perf_counter()
+        for _ in range(200):
+            torch.mm(a, b)
+        best = max(best, 2 * m * k * n * 200 / (time.perf_counter() - start))
+    transitions_per_update = defaults.train_frequency / defaults.gradient_steps
+    return dict(update_gflop=flops / 1e9, update_ms=seconds * 1e3, update_gflops_per_s=flops / seconds / 1e9,
+                matmul_gflops_per_s=best / 1e9, update_bound_sps=transitions_per_update * best / flops)
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    raw_before = raw_physics(args.raw_steps)
+    with tempfile.TemporaryDirectory() as folder:
+        (short_steps, short_seconds), (long_steps, long_seconds) = (training_seconds(args, p, folder) for p in args.phases)
+    raw_after = raw_physics(args.raw_steps)
+    raw = (raw_before + raw_after) / 2
+    pose_sps = (long_steps - short_steps) / (long_seconds - short_seconds)
+    figures = dict(settings=asdict(args), torch_threads=torch.get_num_threads(), raw_sps_before=raw_before,
+                   raw_sps_after=raw_after, pose_sps_after_learning_starts=pose_sps, pose_over_raw=pose_sps / raw,
+                   **update_figures(args))
+    figures["pose_over_update_bound"] = pose_sps / figures["update_bound_sps"]
+    print("| figure | value |\n|---|---|")
+    for label, value in [
+            ("raw Humanoid-v5, steps/s (before, after)", f"{raw_before:.0f}, {raw_after:.0f}"),
+            ("`--reward pose` after learning starts, steps/s", f"{pose_sps:.0f}"),
+            ("pose run / raw physics", f"{figures['pose_over_raw']:.0%}"),
+            ("SAC update (batch 512): GFLOP, ms", f"{figures['update_gflop']:.2f}, {figures['update_ms']:.1f}"),
+            ("update GFLOP/s, matrix products' GFLOP/s", f"{figures['update_gflops_per_s']:.0f}, "
+                                                         f"{figures['matmul_gflops_per_s']:.0f}"),
+            ("steps/s bound of the update's FLOPs at the products' rate", f"{figures['update_bound_sps']:.0f}"),
+            ("pose run / that bound", f"{figures['pose_over_update_bound']:.0%}")]:
+        print(f"| {label} | {value} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    return figures
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
