@@ -410,9 +410,10 @@ class ScaleToUnit(nn.Module):
         bounded = torch.isfinite(low) & torch.isfinite(high)
         self.register_buffer("centre", torch.where(bounded, (high + low) / 2, 0.0))
         self.register_buffer("half_range", torch.where(bounded, (high - low) / 2, 1.0))
+        self.identity = not bounded.any()  # the humanoid's: nothing to scale, and nothing to spend on it
 
     def forward(self, obs):
-        return (obs - self.centre) / self.half_range
+        return obs if self.identity else (obs - self.centre) / self.half_range
 
 
 def mlp(inputs: int, hidden_size: int, outputs: int | None = None) -> nn.Sequential:

@@ -112,6 +112,19 @@ def test_time_limit_end_is_terminal_as_in_the_paper_unless_bootstrapped(module, 
             torch.testing.assert_close(target, rewards)
 
 
+def test_observations_scaled_to_unit_where_bounded_and_passed_unchanged_where_not():
+    """MountainCar's observations are bounded: each maps from its bounds to [-1, 1] (the velocity, ±0.07, as
+    visible as the position). The humanoid's are all unbounded and pass as they are (the same tensor: no
+    arithmetic spent on them)."""
+    scale = mountaincar.ScaleToUnit(OBSERVATION_SPACE)
+    low, high = OBSERVATION_SPACE.low, OBSERVATION_SPACE.high
+    obs = torch.tensor([[low[0], high[1]], [high[0], low[1]], [(low[0] + high[0]) / 2, 0.035]])
+    torch.testing.assert_close(scale(obs), torch.tensor([[-1.0, 1.0], [1.0, -1.0], [0.0, 0.5]]))
+    humanoid_space = humanoid.make_env(10)().observation_space
+    obs = torch.randn(4, humanoid_space.shape[0])
+    assert humanoid.ScaleToUnit(humanoid_space)(obs) is obs
+
+
 # log σ = -5 + 3.5 (tanh(bias) + 1): bias -6 gives σ = e^-5, a near-deterministic policy (entropy far below
 # the target -1); bias 0.458 gives σ = 1, which spreads tanh(u) over [-1, 1] (entropy ≈ 0.4, above it).
 @pytest.mark.parametrize("log_std_bias, rises", [(-6.0, True), (0.458, False)])
