@@ -173,3 +173,29 @@ def test_clip_cpu_pipeline_compares_the_scripts_with_the_authors_pipeline(tiny_c
     assert set(figures["chunk_frames_per_s"]) == {4, 16} and figures["cpu_rule_chunk_size"] == 32
     assert all(len(v) == 1 and v[0] > 0 for v in figures["end_to_end_sps"].values())
     assert (400, 600) in sizes and any(size != (400, 600) for size in sizes)
+
+
+def test_pose_curves_table_and_figure_come_from_the_runs_logs(tmp_path, capsys):
+    """benchmarks/pose_curves.py on two logged runs whose evaluations fall at different steps: one row per
+    evaluation step, each run's greedy success (steps in the pose, how many differ), and the baselines."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = []
+    for seed, evaluations in ((1, {50_016: (0.0, 0.12, 3), 150_016: (1.0, 0.63, 2)}), (2, {50_016: (0.0, 0.05, 1)})):
+        run = tmp_path / f"Humanoid__pose_kneeling__{seed}__123"
+        writer = SummaryWriter(str(run))
+        writer.add_scalar("baselines/zero_actions_pose_fraction", 0.12, 0)
+        writer.add_scalar("baselines/random_actions_pose_fraction", 0.17, 0)
+        for step, (success, fraction, distinct) in evaluations.items():
+            writer.add_scalar("eval/success_rate", success, step)
+            writer.add_scalar("eval/pose_fraction", fraction, step)
+            writer.add_scalar("eval/distinct_pose_fractions", distinct, step)
+        writer.close()
+        runs.append(str(run))
+    pose_curves = load_benchmark("pose_curves")
+    pose_curves.main(pose_curves.Args(runs=tuple(runs), out=str(tmp_path / "curves.png")))
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| steps | pose_kneeling, seed 1 | pose_kneeling, seed 2 |"
+    assert table[2:] == ["| baselines: zero, random actions (steps in the pose) | 12%, 17% | 12%, 17% |",
+                         "| 50k | 0.0 (12%, 3 differ) | 0.0 (5%, 1 differ) |", "| 150k | 1.0 (63%, 2 differ) |  |"]
+    assert os.path.getsize(tmp_path / "curves.png") > 0
