@@ -42,7 +42,11 @@ class Args:
     learning_starts: int = 3200
     """transitions of random actions before learning starts (both runs)"""
     phases: tuple[int, int] = (2, 8)
-    """training phases (3,200 transitions and 100 updates each) after learning starts, of the short and the long run"""
+    """training phases after learning starts, of the short and the long run"""
+    train_frequency: int = 3200
+    """transitions per training phase (the paper's: 100 vector steps of 32 envs)"""
+    gradient_steps: int = 100
+    """updates per training phase (the paper's)"""
     updates: int = 30
     """SAC updates timed for the FLOP rate"""
     json: str | None = None
@@ -66,9 +70,9 @@ def raw_physics(steps: int) -> float:
 
 def training_seconds(args: Args, phases: int, folder: str) -> tuple[int, float]:
     """(transitions, seconds of training) of a `--reward pose` run with the paper's SAC settings."""
-    defaults = humanoid.Args()
     run = humanoid.Args(reward="pose", task=args.task, learning_starts=args.learning_starts,
-                        total_timesteps=args.learning_starts + phases * defaults.train_frequency,
+                        train_frequency=args.train_frequency, gradient_steps=args.gradient_steps,
+                        total_timesteps=args.learning_starts + phases * args.train_frequency,
                         eval_episodes=0, video_interval=10**9, baseline_episodes=0, fast_render=True,
                         checkpoint_buffer=False, checkpoint_interval=10**9, torch_threads=args.threads,
                         output_dir=folder)
@@ -106,7 +110,7 @@ def update_figures(args: Args) -> dict:
         for _ in range(200):
             torch.mm(a, b)
         best = max(best, 2 * m * k * n * 200 / (time.perf_counter() - start))
-    transitions_per_update = defaults.train_frequency / defaults.gradient_steps
+    transitions_per_update = args.train_frequency / args.gradient_steps
     return dict(update_gflop=flops / 1e9, update_ms=seconds * 1e3, update_gflops_per_s=flops / seconds / 1e9,
                 matmul_gflops_per_s=best / 1e9, update_bound_sps=transitions_per_update * best / flops)
 

@@ -152,9 +152,10 @@ def test_pose_speed_reports_the_marginal_rate_and_the_update_bound(tmp_path):
     are the SAC update's of the paper's sizes (batch 512, 2 x 256: ~2.3 GFLOP counted with torch's counter)."""
     pose_speed = load_benchmark("pose_speed")
     figures = pose_speed.main(pose_speed.Args(raw_steps=50, learning_starts=64, phases=(0, 1), updates=1,
-                                              json=str(tmp_path / "speed.json")))
+                                              train_frequency=320, gradient_steps=10, json=str(tmp_path / "speed.json")))
     assert len(figures["raw_sps"]) == 3 and min(figures["raw_sps"]) > 0 and figures["pose_sps_after_learning_starts"] > 0
     assert 1.5 < figures["update_gflop"] < 3.5 and figures["matmul_gflops_per_s"] > 0
+    # The bound: the transitions of one update (320 / 10) in the time its FLOPs take at the products' rate.
     assert figures["update_bound_sps"] == pytest.approx(32 * figures["matmul_gflops_per_s"] / figures["update_gflop"])
     assert json.loads((tmp_path / "speed.json").read_text())["torch_threads"] == 1
 
