@@ -630,7 +630,7 @@ def choose_precision(flag: str, device) -> str:
 
 def choose_chunk_size(flag: int, device) -> int:
     """`0`: 256 frames per CLIP pass on a GPU (few large passes keep it busy; memory bounds them) and 32 on a CPU,
-    where passes of 32-64 frames ran fastest (benchmarks/clip_cpu_pipeline.py)."""
+    where 32 ran fastest, 16 and 64 within ~10% (benchmarks/clip_cpu_pipeline.py)."""
     size = flag or (256 if torch.device(device).type == "cuda" else 32)
     if not flag:
         print(f"CLIP scores {size} frames per pass (--clip-chunk-size 0 on {torch.device(device).type})")

@@ -168,7 +168,7 @@ class Args:
     landscape_points: int = 21
     """poses on the reward landscape's path (standing to the task's pose) scored before training"""
     baseline_episodes: int = 32
-    """episodes each of zero and of random actions that the task's detector judges at the start: the baselines (baselines/*, results.json) every learning curve is read against (0: none)"""
+    """episodes each of zero and of random actions that the task's detector judges at the start of CLIP and pose runs: the baselines (baselines/*, results.json) every learning curve is read against (0: none)"""
 
 
 # Allowed values of the numeric flags, checked before anything is loaded.
@@ -472,7 +472,7 @@ class CLIPHumanoidEnv(HumanoidEnv):
     - With a `task` (CLIP and pose runs), the environment's reward is the ground truth of the task:
       1.0 while the robot is in the pose, else 0.0 (as CartPole's is 1 while the pole is upright), so
       an episode's return counts its steps in the pose. `info` carries `in_pose` and `pose_score`
-      (the graded detector, the reward of `--reward pose` runs). Without a task the reward is
+      (half the in-pose flag, half a graded part: the reward of `--reward pose` runs). Without a task the reward is
       gymnasium's (forward progress + staying healthy - control cost: `--reward ground-truth`).
     - `textured`: sky, stone floor and a light brushed-metal robot, generated here; `camera="paper"`:
       fixed in the world in front of the robot; shadows and 4x multisampling unless `fast_render`. The
@@ -1003,8 +1003,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     baselines = action_baselines(args) if judged and args.baseline_episodes else {}  # the lines every learning curve is read against
     if baselines:
         print(f"baselines on the {args.task} detector: " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
-    for name, value in baselines.items() if not state else ():
-        writer.add_scalar(f"baselines/{name}", value, 0)
+    if not state:  # a resumed run logged them when it began
+        for name, value in baselines.items():
+            writer.add_scalar(f"baselines/{name}", value, 0)
 
     if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
         fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
@@ -1220,7 +1221,7 @@ def choose_precision(flag: str, device) -> str:
 
 def choose_chunk_size(flag: int, device) -> int:
     """`0`: 256 frames per CLIP pass on a GPU (few large passes keep it busy; memory bounds them) and 32 on a CPU,
-    where passes of 32-64 frames ran fastest (benchmarks/clip_cpu_pipeline.py)."""
+    where 32 ran fastest, 16 and 64 within ~10% (benchmarks/clip_cpu_pipeline.py)."""
     size = flag or (256 if torch.device(device).type == "cuda" else 32)
     if not flag:
         print(f"CLIP scores {size} frames per pass (--clip-chunk-size 0 on {torch.device(device).type})")

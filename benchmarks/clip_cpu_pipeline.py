@@ -64,7 +64,8 @@ def chunk_sweep(reward_model, frames, sizes) -> dict:
 
 def end_to_end(reward_model, chunk_size: int, full_size_frames: bool, args: Args, folder: str) -> float:
     """Steps per second of the CartPole loop with CLIP's reward; `full_size_frames`: the authors' pipeline."""
-    make_env = cartpole.make_env
+    make_env, sweep_size = cartpole.make_env, reward_model.chunk_size
+    reward_model.chunk_size = chunk_size  # the loop scores with the model it is given, at the model's chunk size
     if full_size_frames:  # gymnasium's 600x400 frame, which CLIPReward resizes to the model's input size
         cartpole.make_env = lambda episode_length, frame_size=None: make_env(episode_length, (400, 600))
     try:
@@ -72,7 +73,7 @@ def end_to_end(reward_model, chunk_size: int, full_size_frames: bool, args: Args
                                    num_envs=cartpole.Args().num_envs, steps=args.steps, cuda=False)
         return throughput.measure_training(cartpole, reward_model, settings, folder)["sps"]
     finally:
-        cartpole.make_env = make_env
+        cartpole.make_env, reward_model.chunk_size = make_env, sweep_size
 
 
 def main(args: Args) -> dict:

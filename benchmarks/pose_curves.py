@@ -7,7 +7,8 @@ steps in the pose at each evaluation, against the zero-action and random-action 
 One panel per run folder (its title: the folder's experiment name and seed): the fraction of the evaluation
 episodes' steps in the pose (a line with dots) and their success rate (in the pose for at least half of the
 episode: bars), with the baselines as horizontal lines. The markdown table it prints gives each evaluation's greedy
-success, steps in the pose and how many different pose fractions its episodes had ("differ").
+success, steps in the pose and how many different pose fractions its episodes had ("distinct": 1 when
+they all did the same). A run's last point is its final evaluation, from other start states.
 """
 
 import os
@@ -81,7 +82,7 @@ def main(args: Args) -> dict:
         cells = []
         for c in curves.values():
             at = c["steps"].index(step) if step in c["steps"] else None
-            distinct = f", {int(c['distinct'][at])} differ" if at is not None and c["distinct"] else ""
+            distinct = f", {int(c['distinct'][at])} distinct" if at is not None and c["distinct"] else ""
             cells.append(f"{c['success'][at]:.1f} ({c['pose_fraction'][at]:.0%}{distinct})" if at is not None else "")
         print(f"| {step / 1000:.0f}k | " + " | ".join(cells) + " |")
     return curves

@@ -7,9 +7,11 @@ the pose, and its Spearman rank correlation with the detector's in-pose flag ove
 States: every step of `--episodes` episodes of zero actions and as many of uniform random actions, from
 the env's start states (seeds 0, 1, ...), and the hand-built poses of benchmarks/pose_contact_sheet.py
 with their jittered copies (most tasks' only states in the pose: zero and random actions rarely reach
-them). Against a yes/no flag, Spearman's ρ is at most the ρ of a score that puts every state in the pose
-above every state out of it (the ceiling, set by how many states are in the pose); the AUC says how
-often the score orders a pair (in, out) as the detector does. Nothing is rendered.
+them). The AUC says how often a score orders a pair of states (one in the pose, one out) as the detector
+does. The score's own AUC is 1 by construction (the flag is half of it: 0.9-1 in the pose, below 0.5 out
+of it), and its Spearman ρ with the flag is then the ρ of any perfectly separating score, set by how many
+states are in the pose. What can fail is the graded part alone (2 score - flag): its AUC and ρ say
+whether it points into the pose by itself, as the reward's shaping must. Nothing is rendered.
 """
 
 import json
@@ -84,7 +86,7 @@ def main(args: Args) -> dict:
 
     report = {}
     print("| task | zero actions: in pose, score 5/50/95% | random actions: in pose, score 5/50/95% | "
-          "states in the pose: count, score 5/50/95% | best score out of the pose | AUC | Spearman ρ (ceiling) |")
+          "states in the pose: count, score 5/50/95% | best score out of the pose | Spearman ρ | graded part alone: AUC, ρ |")
     print("|---|---|---|---|---|---|---|")
     for task in humanoid.TASKS:
         scored = {name: (np.array([humanoid.pose_score(f, task) for f in fs]),
@@ -94,12 +96,13 @@ def main(args: Args) -> dict:
         row = {name: dict(in_pose=float(f.mean()), score=quantiles(s)) for name, (s, f) in scored.items()}
         row.update(in_pose_states=int(flags.sum()), in_pose_score=quantiles(scores[flags]),
                    best_out_of_pose=float(scores[~flags].max()), auc=auc(scores, flags),
-                   spearman=spearman(scores, flags), spearman_ceiling=spearman(flags + scores / 2, flags))
+                   spearman=spearman(scores, flags), graded_auc=auc(2 * scores - flags, flags),
+                   graded_spearman=spearman(2 * scores - flags, flags))
         report[task] = row
         print(f"| {task} | {row['zero actions']['in_pose']:.2f}, {row['zero actions']['score']} | "
               f"{row['random actions']['in_pose']:.2f}, {row['random actions']['score']} | "
               f"{row['in_pose_states']}, {row['in_pose_score']} | {row['best_out_of_pose']:.3f} | "
-              f"{row['auc']:.3f} | {row['spearman']:.3f} ({row['spearman_ceiling']:.3f}) |")
+              f"{row['spearman']:.3f} | {row['graded_auc']:.3f}, {row['graded_spearman']:.3f} |")
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     return report

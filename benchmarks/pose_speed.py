@@ -116,6 +116,8 @@ def update_figures(args: Args) -> dict:
 
 
 def main(args: Args) -> dict:
+    if args.phases[0] < 1 or args.phases[1] <= args.phases[0]:  # both runs must train and evaluate, the long one longer
+        raise SystemExit(f"error: --phases must be two counts 1 <= short < long, got {args.phases}.")
     torch.set_num_threads(args.threads)
     raw = [raw_physics(args.raw_steps)]  # before, between and after the runs: it varies by ~10% on a shared CPU
     with tempfile.TemporaryDirectory() as folder:

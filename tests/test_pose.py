@@ -238,6 +238,24 @@ def test_action_baselines_are_the_detectors_verdict_on_zero_and_random_actions()
     assert standing["zero_actions_pose_fraction"] > standing["random_actions_pose_fraction"] > 0.0
 
 
+def test_baselines_leave_the_seeded_run_unchanged(tmp_path, monkeypatch):
+    """The baseline episodes run in an env of their own with their own seeds: a run with them stores the same
+    transitions and ends with the same losses as the same run without them."""
+    runs = []
+    for episodes in (0, 2):
+        buffers = capture_buffers(humanoid, monkeypatch)
+        result = humanoid.main(humanoid.Args(
+            reward="pose", task="kneeling", baseline_episodes=episodes, num_envs=2, episode_length=20,
+            total_timesteps=120, learning_starts=60, train_frequency=30, gradient_steps=2, batch_size=16,
+            hidden_size=16, eval_episodes=0, fast_render=True, output_dir=str(tmp_path / str(episodes))))
+        runs.append((buffers[0], result))
+    (without, plain), (with_baselines, result) = runs
+    assert "zero_actions_pose_fraction" in result and "zero_actions_pose_fraction" not in plain
+    for name in ("obs", "actions", "rewards"):
+        np.testing.assert_array_equal(getattr(without, name), getattr(with_baselines, name))
+    assert result["td_loss"] == plain["td_loss"] and result["actor_loss"] == plain["actor_loss"]
+
+
 def test_training_samples_pose_scores_also_when_the_buffer_wraps(tmp_path, monkeypatch):
     """A buffer smaller than the run: every sample taken for training sees the graded scores, never unscored
     NaN and never only the in-pose flags."""
