@@ -114,7 +114,7 @@ class Args:
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
     clip_chunk_size: int = 0
-    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (the fastest there; README, "Speed")"""
+    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (passes of 16-64 ran fastest there; README, "Speed")"""
 
     # Environment
     textured: bool = True
@@ -1221,7 +1221,7 @@ def choose_precision(flag: str, device) -> str:
 
 def choose_chunk_size(flag: int, device) -> int:
     """`0`: 256 frames per CLIP pass on a GPU (few large passes keep it busy; memory bounds them) and 32 on a CPU,
-    where 32 ran fastest, 16 and 64 within ~10% (benchmarks/clip_cpu_pipeline.py)."""
+    where passes of 16-64 frames ran fastest and 256 up to 20% slower (benchmarks/clip_cpu_pipeline.py)."""
     size = flag or (256 if torch.device(device).type == "cuda" else 32)
     if not flag:
         print(f"CLIP scores {size} frames per pass (--clip-chunk-size 0 on {torch.device(device).type})")

@@ -6,6 +6,7 @@ test session, and its checkpoint is one the session saves itself.
 
 import json
 import os
+import signal
 import sys
 
 # Before huggingface_hub is imported (it reads this once): a download attempt fails at once, not
@@ -69,6 +70,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """A run that crashes inside its loop (tests/test_checkpoints.py makes one) leaves its SIGTERM and Ctrl-C handlers
+    installed; each test starts with the handlers the one before it found, so that the next run in this worker
+    gives back the defaults."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
