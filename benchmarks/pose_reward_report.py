@@ -25,6 +25,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pose_contact_sheet as sheet  # noqa: E402
+from throughput import spearman  # noqa: E402
 import sac_clip_humanoid as humanoid  # noqa: E402
 
 
@@ -51,21 +52,12 @@ def rollout_features(env, act, episodes: int, seed: int) -> list:
     return features
 
 
-def mean_ranks(values) -> np.ndarray:
-    """0-based ranks, ties given their mean rank."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return (first + (counts - 1) / 2)[inverse]
-
-
-def spearman(x, y) -> float:
-    return float(np.corrcoef(mean_ranks(x), mean_ranks(y))[0, 1])
-
-
 def auc(scores, flags) -> float:
     """The chance that a state in the pose scores above one out of it (ties count half): 1 orders them perfectly."""
-    ranks, positives = mean_ranks(scores)[flags], flags.sum()
-    return float((ranks.sum() - positives * (positives - 1) / 2) / (positives * (~flags).sum()))
+    outside = np.sort(scores[~flags])
+    below = np.searchsorted(outside, scores[flags], side="left")
+    not_above = np.searchsorted(outside, scores[flags], side="right")
+    return float((below + not_above).sum() / 2 / (flags.sum() * len(outside)))
 
 
 def quantiles(values) -> list:
