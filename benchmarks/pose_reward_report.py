@@ -25,7 +25,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pose_contact_sheet as sheet  # noqa: E402
-from throughput import spearman  # noqa: E402
+from reward_stats import auc, spearman  # noqa: E402
 import sac_clip_humanoid as humanoid  # noqa: E402
 
 
@@ -50,14 +50,6 @@ def rollout_features(env, act, episodes: int, seed: int) -> list:
             env.step(act())
             features.append(humanoid.pose_features(env.unwrapped.data))
     return features
-
-
-def auc(scores, flags) -> float:
-    """The chance that a state in the pose scores above one out of it (ties count half): 1 orders them perfectly."""
-    outside = np.sort(scores[~flags])
-    below = np.searchsorted(outside, scores[flags], side="left")
-    not_above = np.searchsorted(outside, scores[flags], side="right")
-    return float((below + not_above).sum() / 2 / (flags.sum() * len(outside)))
 
 
 def quantiles(values) -> list:

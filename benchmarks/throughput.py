@@ -31,6 +31,8 @@ import tyro
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reward_stats import spearman  # noqa: E402
 
 # Dense peak TFLOP/s of devices we know (per precision), to say how close CLIP runs to the limit.
 PEAK_TFLOPS = {"H200": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0},
@@ -157,25 +159,6 @@ def unsupported_dtype(error: BaseException) -> bool:
     message = str(error)  # e.g. '"addmm_impl_cpu_" not implemented for 'Half'', or cuBLAS without bf16 GEMMs
     return isinstance(error, RuntimeError) and ("not implemented for" in message
                                                 or "CUBLAS_STATUS_NOT_SUPPORTED" in message)
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (ties get their average rank)."""
-
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="stable")
-        plain = np.empty(len(x))
-        plain[order] = np.arange(len(x))
-        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-        return (np.bincount(inverse, weights=plain) / counts)[inverse]
-
-    ra, rb = ranks(a), ranks(b)
-    if np.array_equal(ra, rb):  # the same order (also when all rewards tie)
-        return 1.0
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def score(reward_model, frames, device):

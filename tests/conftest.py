@@ -4,8 +4,10 @@ Nothing here touches the network: the tiny architecture is registered from a con
 test session, and its checkpoint is one the session saves itself.
 """
 
+import importlib.util
 import json
 import os
+import shlex
 import signal
 import sys
 
@@ -31,6 +33,23 @@ torch.set_num_threads(1)
 import dqn_clip_cartpole as cartpole  # noqa: E402
 import sac_clip_humanoid as humanoid  # noqa: E402  (sets MuJoCo's headless OpenGL, EGL, unless MUJOCO_GL is set)
 import sac_clip_mountaincar as mountaincar  # noqa: E402
+
+
+def load_benchmark(name):
+    """A module of benchmarks/ (not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def report_args_printed(output: str):
+    """The flags (benchmarks/reward_report.py's Args) of the report command a script printed on its landscape line."""
+    import tyro
+
+    line = next(line for line in output.splitlines() if line.startswith("reward landscape:"))
+    words = shlex.split(line[line.index("python benchmarks/reward_report.py"):])
+    return tyro.cli(load_benchmark("reward_report").Args, args=words[2:])
 
 
 def headless_gl_works() -> bool:

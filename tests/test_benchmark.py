@@ -1,6 +1,5 @@
 """The benchmarks run at a tiny size and report every figure (no test asserts a time)."""
 
-import importlib.util
 import json
 import os
 
@@ -9,14 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import ROOT, needs_gl
-
-
-def load_benchmark(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_benchmark, needs_gl
 
 
 throughput = load_benchmark("throughput")

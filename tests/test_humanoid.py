@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, needs_gl, RobotWidthEncoder, capture_buffers, humanoid, read_scalars
+from conftest import ROOT, needs_gl, RobotWidthEncoder, capture_buffers, humanoid, read_scalars, report_args_printed
 
 spec = importlib.util.spec_from_file_location("pose_contact_sheet", os.path.join(ROOT, "benchmarks", "pose_contact_sheet.py"))
 contact_sheet = importlib.util.module_from_spec(spec)
@@ -94,13 +94,18 @@ def test_frames_are_rendered_at_the_requested_size_and_show_the_state_reached():
 
 
 @needs_gl
-def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
+def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, capsys):
     name, checkpoint, _ = tiny_clip
     args = humanoid.Args(baseline_episodes=1, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, num_envs=3, episode_length=20,
                          total_timesteps=300, learning_starts=150, train_frequency=30, gradient_steps=4,
                          batch_size=32, hidden_size=32, eval_episodes=1, video_interval=10**9,
                          clip_precision="fp32", output_dir=str(tmp_path), save_model=True, capture_video=True)
     result = humanoid.main(args)
+    report = report_args_printed(capsys.readouterr().out)  # the landscape line names the reward report of this run
+    assert (report.env, report.task, report.camera, report.textured, report.fast_render) == (
+        "humanoid", "kneeling", "paper", True, False)
+    assert (report.clip_model, report.clip_pretrained, report.alpha) == ((name,), (checkpoint,), (0.5,))
+    assert report.prompt == (humanoid.TASKS["kneeling"].prompt,) and report.baseline_prompt == args.baseline_prompt
     scalars = read_scalars(result["run_dir"])
     expected = {"losses/td_loss", "losses/q_values", "losses/actor_loss", "losses/ent_coef",
                 "charts/episodic_clip_return", "charts/last_frame_clip_reward", "charts/SPS", "charts/epic_distance",

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import CarPositionEncoder, capture_buffers, is_car_red, mountaincar, read_scalars
+from conftest import CarPositionEncoder, capture_buffers, is_car_red, mountaincar, read_scalars, report_args_printed
 from test_reward import direct_reward
 from test_training import REQUIRED_KEYS
 
@@ -243,7 +243,7 @@ def test_mean_action_draws_no_random_numbers(sde):
 
 
 # --- training loop -----------------------------------------------------------------------------
-def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
+def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch, capsys):
     name, checkpoint, _ = tiny_clip
     # A goal inside the start region, so that the ground truth varies and its correlation is defined.
     reset = mountaincar.CLIPMountainCarEnv.reset
@@ -256,6 +256,10 @@ def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, monkeypatch):
     args = short_args(tmp_path, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, save_model=True,
                       capture_video=True, video_interval=400)
     result = mountaincar.main(args)
+    report = report_args_printed(capsys.readouterr().out)  # the landscape line names the reward report of this reward
+    assert (report.env, report.textured, report.clip_model, report.clip_pretrained, report.alpha) == (
+        "mountaincar", True, (name,), (checkpoint,), (0.5,))
+    assert (report.prompt, report.baseline_prompt) == (args.prompt, args.baseline_prompt)
     scalars = read_scalars(result["run_dir"])
     missing = (REQUIRED_KEYS - {"charts/epsilon"} | {"losses/actor_loss", "losses/ent_coef", "charts/sde_sigma"}) - set(scalars)
     assert not missing, missing

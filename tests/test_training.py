@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, PoleTiltEncoder, capture_buffers, cartpole, read_scalars
+from conftest import TINY_CONFIG, PoleTiltEncoder, capture_buffers, cartpole, read_scalars, report_args_printed
 
 REQUIRED_KEYS = {
     "charts/episodic_return", "charts/episodic_clip_return", "charts/success_rate", "charts/reward_correlation",
@@ -24,11 +24,14 @@ def short_args(tmp_path, **overrides):
     return cartpole.Args(**settings)
 
 
-def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path):
+def test_short_run_trains_logs_and_saves(tiny_clip, tmp_path, capsys):
     name, checkpoint, _ = tiny_clip
     args = short_args(tmp_path, clip_model=name, clip_pretrained=checkpoint, alpha=0.5, save_model=True,
                       capture_video=True, video_interval=400)
     result = cartpole.main(args)
+    report = report_args_printed(capsys.readouterr().out)  # the landscape line names the reward report of this reward
+    assert (report.env, report.clip_model, report.clip_pretrained, report.alpha) == ("cartpole", (name,), (checkpoint,), (0.5,))
+    assert (report.prompt, report.baseline_prompt) == (args.prompt, args.baseline_prompt)
 
     scalars = read_scalars(result["run_dir"])
     assert REQUIRED_KEYS <= set(scalars), REQUIRED_KEYS - set(scalars)
