@@ -7,6 +7,8 @@
 #   bash run_all.sh --slurm --partition gpu         # submit the grid as one SLURM job array
 #   bash run_all.sh --smoke --jobs 2                # every experiment for a few steps, tiny CLIP, CPU
 #   bash run_all.sh --summary-only                  # rebuild the summary from existing run folders
+#   bash run_all.sh --reward-report                 # before training: how well each model and prompt of the grid
+#                                                   # orders labelled states (benchmarks/reward_report.py)
 #
 # Every run writes results.json into its run folder; the summary (summary.csv, summary.md in the shape
 # of the paper's tables, and PNG figures) is built from those files and from each run's exit status.
@@ -17,6 +19,7 @@ usage() {
     cat <<'EOF'
 usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--seeds N] [--jobs N]
                        [--runs-per-gpu N] [--smoke] [--output-dir DIR] [--python CMD] [--summary-only]
+                       [--reward-report]
                        [--slurm [--partition NAME] [--gpus-per-task N] [--time HH:MM:SS]]
 
   --dry-run          print every command, one per line, and do nothing else
@@ -30,6 +33,8 @@ usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--
   --output-dir DIR   where runs, logs and the summary go (default runs/paper, runs/smoke with --smoke)
   --python CMD       the interpreter that runs the scripts (default: python)
   --summary-only     rebuild summary.csv, summary.md and its figures from DIR and exit
+  --reward-report    instead of training: the reward report (benchmarks/reward_report.py) of every environment, task,
+                     scene and model of the grid, one after the other, into DIR/reward_report/, and the summary
   --slurm            submit the grid with sbatch as a job array, one task per run, instead of running it
   --partition NAME   SLURM partition (default: the cluster's default)
   --gpus-per-task N  GPUs requested per run with --slurm (default 1)
@@ -39,13 +44,14 @@ EOF
 
 fail_usage() { echo "run_all.sh: $1" >&2; usage >&2; exit 2; }
 
-DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 SLURM=0 SEEDS=1 JOBS=1 RUNS_PER_GPU=1 OUTPUT_DIR="" PYTHON=python
+DRY_RUN=0 SMOKE=0 SUMMARY_ONLY=0 REWARD_REPORT=0 SLURM=0 SEEDS=1 JOBS=1 RUNS_PER_GPU=1 OUTPUT_DIR="" PYTHON=python
 PARTITION="" GPUS_PER_TASK=1 TIME_LIMIT=48:00:00 ONLY=() RUN_INDEX=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --smoke) SMOKE=1 ;;
         --summary-only) SUMMARY_ONLY=1 ;;
+        --reward-report) REWARD_REPORT=1 ;;
         --run-index) [ $# -ge 2 ] || fail_usage "--run-index needs a value"; RUN_INDEX=$2; shift ;;  # a SLURM task
         --slurm) SLURM=1 ;;
         --only) [ $# -ge 2 ] || fail_usage "--only needs a value"
@@ -134,6 +140,38 @@ grid() {
             done
         fi
     done
+}
+
+# --- Reward reports: one line per report, "<name>\t<command>" ----------------------------------
+report_models() {  # "architecture:weights" ...; --smoke swaps in the tiny random model (once)
+    if [ $SMOKE = 1 ]; then echo "--clip-model $TINY_MODEL --clip-pretrained $TINY_WEIGHTS"; return; fi
+    local entry models=() weights=()
+    for entry in "$@"; do models+=("${entry%%:*}") weights+=("${entry#*:}"); done
+    echo "--clip-model ${models[*]} --clip-pretrained ${weights[*]}"
+}
+
+report_grid() {
+    local r="$PYTHON benchmarks/reward_report.py --alpha ${ALPHAS[*]} --cache-dir $OUTPUT_DIR/reward_cache" task
+    # --smoke: small state sets, rendered without shadows, on the CPU
+    [ $SMOKE = 0 ] || r+=" --grid 5 4 --episodes 1 --jitters 0 --path-points 2 --fast-render --no-cuda"
+    local bigg=ViT-bigG-14:laion2b_s39b_b160k
+    report() { printf '%s\t%s --out %s\n' "$1" "$r $2" "$OUTPUT_DIR/reward_report/$1"; }
+    if wants cartpole; then report cartpole "--env cartpole $(report_models $bigg)"; fi
+    if wants mountaincar; then
+        report mountaincar_textured "--env mountaincar $(report_models $bigg)"
+        report mountaincar_no-textured "--env mountaincar --no-textured $(report_models $bigg)"
+    fi
+    if wants humanoid; then
+        # Kneeling with the model-scale study's four models (the paper's EPIC against model size), the other tasks
+        # with ViT-bigG-14, and kneeling in the scene ablation's two other scenes.
+        report humanoid_kneeling "--env humanoid --task kneeling $(report_models RN50-quickgelu:openai \
+            ViT-L-14:laion2b_s32b_b82k ViT-H-14:laion2b_s32b_b79k $bigg)"
+        for task in lotus-position standing-up arms-raised doing-splits hands-on-hips arms-crossed standing-on-one-leg; do
+            report "humanoid_${task//-/_}" "--env humanoid --task $task $(report_models $bigg)"
+        done
+        report humanoid_kneeling_original_scene "--env humanoid --task kneeling --no-textured --camera stock $(report_models $bigg)"
+        report humanoid_kneeling_stock_camera "--env humanoid --task kneeling --camera stock $(report_models $bigg)"
+    fi
 }
 
 # --- Summary: summary.csv, summary.md and figures from results.json files and exit statuses ---
@@ -302,6 +340,33 @@ if len(models) > 1:  # the study compares models: one alone is Table 1's kneelin
            {i: scale[m][1] for i, m in enumerate(models)}),
           ("EPIC distance, CLIP reward to pose detector",
            {"kneeling": [(i, r["seed"], epic(r)) for i, r in scale_runs]}, None)], ticks=models)
+# Reward reports (run_all.sh --reward-report): each report's default candidate and its best, and EPIC against model
+# size for kneeling's default prompt at the first α, from the embeddings the report cached.
+reports = sorted(glob.glob(os.path.join(out, "reward_report", "*", "report.json")))
+if reports:
+    lines += ["## Reward reports (benchmarks/reward_report.py: EPIC distance and AUC to the ground truth, before training)", "",
+              "| report | states (in the goal) | default: EPIC, AUC | best: model, prompt, α | best: EPIC, AUC |",
+              "|---|---|---|---|---|"]
+    cell = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    for path in reports:
+        with open(path) as f:
+            rep = json.load(f)
+        default, best = next(c for c in rep["candidates"] if c["default"]), rep["candidates"][0]
+        name = os.path.basename(os.path.dirname(path))
+        lines.append(f"| [{name}](reward_report/{name}/report.md) | {rep['states']['count']} ({rep['states']['goal']}) | "
+                     f"{cell(default['epic_distance'])}, {cell(default['auc'])} | {best['model']}, "
+                     f"{' / '.join(best['goal'])!r}, {best['alpha']} | {cell(best['epic_distance'])}, {cell(best['auc'])} |")
+        if name == "humanoid_kneeling":
+            rows_scale = [c for c in rep["candidates"] if c["goal"] == default["goal"]
+                          and c["baseline"] == default["baseline"] and c["alpha"] == default["alpha"]]
+            labels = list(dict.fromkeys(c["model"] for c in rep["candidates"]))
+            if len(labels) > 1:
+                epics = {c["model"]: c["epic_distance"] for c in rows_scale}
+                draw("reward_report_epic_vs_model_size.png", f"Kneeling: EPIC distance of the CLIP reward to the pose "
+                     f"detector before training (α = {default['alpha']})", "CLIP model",
+                     [("EPIC distance (lower is better)", {"kneeling": [(i, 0, epics[m]) for i, m in enumerate(labels)]},
+                       None)], ticks=labels)
+    lines.append("")
 if figures:
     lines += ["## Figures", ""] + figures
 with open(os.path.join(out, "figure_data.csv"), "w", newline="") as f:
@@ -330,7 +395,7 @@ fi
 THREADS=""
 if [ "$JOBS" -gt 1 ]; then CORES=$(nproc); THREADS=" --torch-threads $(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))"; fi
 
-PLAN=$(grid)
+PLAN=$(if [ $REWARD_REPORT = 1 ]; then report_grid; else grid; fi)
 if [ $DRY_RUN = 1 ]; then printf '%s\n' "$PLAN" | cut -f2-; exit 0; fi
 
 mkdir -p "$OUTPUT_DIR/logs" "$OUTPUT_DIR/runs"
@@ -346,6 +411,17 @@ with open(config, "w") as f:
 open_clip.add_model_config(config)
 torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
 PY
+fi
+
+if [ $REWARD_REPORT = 1 ]; then  # one report after the other (each keeps a GPU busy), then the summary
+    failed=0
+    while IFS=$'\t' read -r name command; do
+        echo "[$(date +%H:%M:%S)] reward report $name"
+        eval "$command" > "$OUTPUT_DIR/logs/reward_report_$name.log" 2>&1 \
+            || { failed=1; echo "[$(date +%H:%M:%S)] FAILED reward report $name, see logs/reward_report_$name.log"; }
+    done <<<"$PLAN"
+    summarize
+    exit $failed
 fi
 
 # Each run's name, "<experiment>_seed<N>", names its log and exit-status files.

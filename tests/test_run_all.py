@@ -308,3 +308,48 @@ def test_summary_without_humanoid_runs_draws_no_humanoid_figure(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "](success_vs_alpha.png)" in summary and "humanoid_success" not in summary and "## Humanoid" not in summary
     assert {key[0] for key in read_figure_data(out)} == {"success_vs_alpha.png"}
+
+
+def test_reward_report_grid_covers_every_environment_task_scene_and_the_model_scale():
+    commands = run_all("--reward-report", "--dry-run").stdout.strip().splitlines()
+    assert len(commands) == 1 + 2 + 8 + 2 and all("benchmarks/reward_report.py" in c for c in commands)
+    assert all("--alpha 0 0.25 0.5 0.75 1 " in c for c in commands)
+    kneeling = [c for c in commands if "--task kneeling " in c]
+    assert len(kneeling) == 3  # the model-scale study in one report, and the two other scenes
+    assert sum("--clip-model RN50-quickgelu ViT-L-14 ViT-H-14 ViT-bigG-14 --clip-pretrained openai "
+               "laion2b_s32b_b82k laion2b_s32b_b79k laion2b_s39b_b160k " in c for c in kneeling) == 1
+    assert sum("--no-textured --camera stock" in c for c in kneeling) == 1
+    assert sum("--env mountaincar --no-textured" in c for c in commands) == 1
+    assert len({c.split("--out ")[1] for c in commands}) == len(commands)  # a folder each
+
+
+def test_reward_report_smoke_writes_the_report_and_the_summary_links_it(tmp_path):
+    out = tmp_path / "smoke"
+    result = run_all("--reward-report", "--smoke", "--only", "cartpole", "--output-dir", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "reward_report" / "cartpole" / "report.md").is_file()
+    summary = (out / "summary.md").read_text()
+    assert "[cartpole](reward_report/cartpole/report.md) | 20 (" in summary  # the smoke grid: 5 x 4 states
+
+
+def test_summary_draws_epic_against_model_size_from_the_kneeling_report(tmp_path):
+    """The paper's figure of reward quality against model size, from the kneeling report's four models."""
+    import json
+
+    models = ["RN50-quickgelu openai", "ViT-L-14 laion2b_s32b_b82k", "ViT-H-14 laion2b_s32b_b79k",
+              "ViT-bigG-14 laion2b_s39b_b160k"]
+    candidates = [dict(model=m, goal=["a humanoid robot kneeling"], baseline=["a humanoid robot"], alpha=alpha,
+                       default=(i == 0 and alpha == 0.0), epic_distance=0.7 - 0.1 * i - alpha / 100, auc=0.5 + 0.1 * i)
+                  for i, m in enumerate(models) for alpha in (0.0, 0.5)]
+    folder = tmp_path / "reward_report" / "humanoid_kneeling"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(dict(states=dict(count=2000, goal=150),
+                                                        candidates=sorted(candidates, key=lambda c: c["epic_distance"]))))
+    result = run_all("--summary-only", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "| [humanoid_kneeling](reward_report/humanoid_kneeling/report.md) | 2000 (150) | 0.700, 0.500 |" in (
+        tmp_path / "summary.md").read_text()
+    with open(tmp_path / "figure_data.csv") as f:
+        drawn = [row for row in csv.DictReader(f) if row["figure"] == "reward_report_epic_vs_model_size.png"]
+    means = {row["x"]: float(row["value"]) for row in drawn if row["seed"] == "mean"}
+    assert means == pytest.approx({m: 0.7 - 0.1 * i for i, m in enumerate(models)})  # alpha 0 only, by size
