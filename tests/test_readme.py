@@ -35,3 +35,21 @@ def test_readme_reward_example_runs_as_written(tiny_clip, monkeypatch):
                              ["a humanoid robot"], 0.5, cfg["mean"], cfg["std"], size=namespace["reward_model"].image_size)
     np.testing.assert_allclose(rewards, expected, atol=2e-6)
     assert isinstance(namespace["reward_model"], cartpole.CLIPReward)
+
+
+def test_readmes_reward_report_commands_parse_into_the_reports_flags():
+    """Every `benchmarks/reward_report.py` command of the README (continued lines joined) names flags that exist."""
+    import shlex
+
+    import tyro
+
+    from conftest import load_benchmark
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read().replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python benchmarks/reward_report.py")]
+    assert len(commands) >= 3
+    report = load_benchmark("reward_report")
+    for command in commands:
+        args = tyro.cli(report.Args, args=shlex.split(command.split("#")[0])[2:])
+        assert args.env in ("cartpole", "mountaincar", "humanoid")
