@@ -22,8 +22,10 @@ import os
 import random
 import shlex
 import signal
+import socket
 import subprocess
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -639,6 +641,17 @@ def choose_chunk_size(flag: int, device) -> int:
     return size
 
 
+def weights_host_reachable(cfg: dict, timeout: float = 3.0) -> bool:
+    """Whether the host of a pretrained config's weights (the Hugging Face hub, or its URL's) accepts a connection
+    within `timeout` seconds."""
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url", "")
+    try:
+        socket.create_connection((urllib.parse.urlparse(url).hostname, 443), timeout=timeout).close()
+        return True
+    except (OSError, TypeError):  # no route, no name, refused, timed out; TypeError: no host at all
+        return False
+
+
 def load_clip_reward(args, device) -> CLIPReward:
     """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
     pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
@@ -659,7 +672,12 @@ def load_clip_reward(args, device) -> CLIPReward:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
     try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
         if not local:
-            open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, args.clip_pretrained))
+            cfg = open_clip.get_pretrained_cfg(name, args.clip_pretrained)
+            if not weights_host_reachable(cfg):  # offline: the local cache or nothing, at once (not after the hub
+                import huggingface_hub.constants  # client's minute of retries); read by the client at each call
+
+                huggingface_hub.constants.HF_HUB_OFFLINE = True
+            open_clip.download_pretrained(cfg)
     except Exception as e:
         fail(f"could not download the {args.clip_pretrained!r} weights of {name} ({type(e).__name__}): "
              "run once where the network is reachable so that open_clip caches them, or pass --clip-pretrained "

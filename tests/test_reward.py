@@ -121,6 +121,41 @@ def test_wrong_checkpoint_for_the_architecture_is_one_sentence(tiny_clip, tmp_pa
     assert message.startswith("error: --clip-pretrained") and "\n" not in message
 
 
+def test_the_weights_probe_asks_the_weights_host_once_with_a_short_timeout(monkeypatch):
+    import socket
+
+    asked = []
+
+    def refuse(address, timeout):
+        asked.append((address, timeout))
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert not cartpole.weights_host_reachable(open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k"))
+    assert not cartpole.weights_host_reachable({"url": "https://weights.example.org/clip/RN50.pt"})
+    assert asked == [(("huggingface.co", 443), 3.0), (("weights.example.org", 443), 3.0)]
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())  # accepted
+    assert cartpole.weights_host_reachable({"url": "https://weights.example.org/clip/RN50.pt"})
+
+
+def test_offline_the_loader_looks_only_in_the_cache_and_stops_without_the_hubs_retries(monkeypatch, tmp_path):
+    """With the hub unreachable the client is switched to offline mode before it is asked for the weights: a cached
+    file would load, a missing one fails at once. Without it the client retries, sleeping between its attempts."""
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as on a user's machine
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(cartpole, "weights_host_reachable", lambda cfg, timeout=3.0: False)
+    monkeypatch.setattr(time, "sleep", lambda seconds: pytest.fail(f"the hub client retried (slept {seconds} s)"))
+    args = cartpole.Args(clip_model="ViT-B-32", clip_pretrained="laion2b_s34b_b79k")
+    with pytest.raises(SystemExit, match="could not download the 'laion2b_s34b_b79k' weights of ViT-B-32"):
+        cartpole.load_clip_reward(args, torch.device("cpu"))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
 def test_same_goal_and_baseline_embedding_with_alpha_is_refused(tiny_reward):
     with pytest.raises(SystemExit, match="--alpha 0"):
         tiny_reward(goal=("pole and cart",), baseline=("pole and cart",), alpha=0.5)
