@@ -34,7 +34,8 @@ usage: bash run_all.sh [--dry-run] [--only cartpole|mountaincar|humanoid]... [--
   --python CMD       the interpreter that runs the scripts (default: python)
   --summary-only     rebuild summary.csv, summary.md and its figures from DIR and exit
   --reward-report    instead of training: the reward report (benchmarks/reward_report.py) of every environment, task,
-                     scene and model of the grid, one after the other, into DIR/reward_report/, and the summary
+                     scene and model of the grid, one after the other (--jobs and --seeds do not apply; not with
+                     --slurm), into DIR/reward_report/, and the summary
   --slurm            submit the grid with sbatch as a job array, one task per run, instead of running it
   --partition NAME   SLURM partition (default: the cluster's default)
   --gpus-per-task N  GPUs requested per run with --slurm (default 1)
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --smoke) SMOKE=1 ;;
         --summary-only) SUMMARY_ONLY=1 ;;
-        --reward-report) REWARD_REPORT=1 ;;
+        --reward-report) REWARD_REPORT=1 ;;  # not with --slurm (checked below); --jobs and --seeds do not apply
         --run-index) [ $# -ge 2 ] || fail_usage "--run-index needs a value"; RUN_INDEX=$2; shift ;;  # a SLURM task
         --slurm) SLURM=1 ;;
         --only) [ $# -ge 2 ] || fail_usage "--only needs a value"
@@ -72,6 +73,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+[ $REWARD_REPORT = 0 ] || [ $SLURM = 0 ] || fail_usage "--reward-report runs here, one report after the other: not with --slurm"
 [ ${#ONLY[@]} -gt 0 ] || ONLY=(cartpole mountaincar humanoid)
 [ -n "$OUTPUT_DIR" ] || OUTPUT_DIR=$([ $SMOKE = 1 ] && echo runs/smoke || echo runs/paper)
 wants() { [[ " ${ONLY[*]} " == *" $1 "* ]]; }
@@ -340,32 +342,31 @@ if len(models) > 1:  # the study compares models: one alone is Table 1's kneelin
            {i: scale[m][1] for i, m in enumerate(models)}),
           ("EPIC distance, CLIP reward to pose detector",
            {"kneeling": [(i, r["seed"], epic(r)) for i, r in scale_runs]}, None)], ticks=models)
-# Reward reports (run_all.sh --reward-report): each report's default candidate and its best, and EPIC against model
-# size for kneeling's default prompt at the first α, from the embeddings the report cached.
+# Reward reports (run_all.sh --reward-report), from their report.json: per report and model, its default candidate
+# (the grid's prompts at the first α) and its best; and, from the kneeling report's four models, EPIC against model size.
 reports = sorted(glob.glob(os.path.join(out, "reward_report", "*", "report.json")))
 if reports:
     lines += ["## Reward reports (benchmarks/reward_report.py: EPIC distance and AUC to the ground truth, before training)", "",
-              "| report | states (in the goal) | default: EPIC, AUC | best: model, prompt, α | best: EPIC, AUC |",
-              "|---|---|---|---|---|"]
-    cell = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+              "| report | model | states (in the goal) | default: EPIC, AUC | best: prompt, α | best: EPIC, AUC |",
+              "|---|---|---|---|---|---|"]
+    cell = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (null: NaN in the report)
     for path in reports:
         with open(path) as f:
             rep = json.load(f)
-        default, best = next(c for c in rep["candidates"] if c["default"]), rep["candidates"][0]
         name = os.path.basename(os.path.dirname(path))
-        lines.append(f"| [{name}](reward_report/{name}/report.md) | {rep['states']['count']} ({rep['states']['goal']}) | "
-                     f"{cell(default['epic_distance'])}, {cell(default['auc'])} | {best['model']}, "
-                     f"{' / '.join(best['goal'])!r}, {best['alpha']} | {cell(best['epic_distance'])}, {cell(best['auc'])} |")
-        if name == "humanoid_kneeling":
-            rows_scale = [c for c in rep["candidates"] if c["goal"] == default["goal"]
-                          and c["baseline"] == default["baseline"] and c["alpha"] == default["alpha"]]
-            labels = list(dict.fromkeys(c["model"] for c in rep["candidates"]))
-            if len(labels) > 1:
-                epics = {c["model"]: c["epic_distance"] for c in rows_scale}
-                draw("reward_report_epic_vs_model_size.png", f"Kneeling: EPIC distance of the CLIP reward to the pose "
-                     f"detector before training (α = {default['alpha']})", "CLIP model",
-                     [("EPIC distance (lower is better)", {"kneeling": [(i, 0, epics[m]) for i, m in enumerate(labels)]},
-                       None)], ticks=labels)
+        for model in rep["models"]:
+            rows_model = [c for c in rep["candidates"] if c["model"] == model]  # best first
+            default, best = next(c for c in rows_model if c["default"]), rows_model[0]
+            lines.append(f"| [{name}](reward_report/{name}/report.md) | {model} | {rep['states']['count']} "
+                         f"({rep['states']['goal']}) | {cell(default['epic_distance'])}, {cell(default['auc'])} | "
+                         f"{' / '.join(best['goal'])!r}, {best['alpha']} | {cell(best['epic_distance'])}, {cell(best['auc'])} |")
+        if name == "humanoid_kneeling" and len(rep["models"]) > 1:  # the models in the grid's order: by size
+            epics = {c["model"]: c["epic_distance"] for c in rep["candidates"] if c["default"]}
+            draw("reward_report_epic_vs_model_size.png", "Kneeling: EPIC distance of the CLIP reward to the pose "
+                 "detector before training (the paper's prompt, α = 0)", "CLIP model",
+                 [("EPIC distance (lower is better)",
+                   {"kneeling": [(i, 0, epics[m] if epics[m] is not None else float("nan"))
+                                 for i, m in enumerate(rep["models"])]}, None)], ticks=rep["models"])
     lines.append("")
 if figures:
     lines += ["## Figures", ""] + figures

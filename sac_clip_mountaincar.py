@@ -645,7 +645,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
         gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
         writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
         print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work); "
-              "on 2,000 labelled states, with other prompts and alphas: " + reward_report_command(
+              "on a grid of labelled states, with other prompts and alphas: " + reward_report_command(
                   "mountaincar", args, args.prompt, *[] if args.textured else ["--no-textured"]))
         estimate_run_time(reward_model, frames, args)
 
@@ -834,10 +834,10 @@ def weights_host_reachable(cfg: dict, timeout: float = 3.0) -> bool:
         return False
 
 
-def load_clip_reward(args, device) -> CLIPReward:
-    """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
-    pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
-    name = args.clip_model  # the architecture's name; a config file is registered under its file's name
+def clip_architecture(args) -> str:
+    """The open_clip architecture of --clip-model (a model config .json is registered under its file's name), with
+    --clip-pretrained checked against it: a bad name stops here with one sentence, before anything is downloaded."""
+    name = args.clip_model
     if name.endswith(".json"):  # an open_clip model config, known by its file name
         if not os.path.isfile(name):
             fail(f"--clip-model {name!r}: no such model config file.")
@@ -847,10 +847,17 @@ def load_clip_reward(args, device) -> CLIPReward:
         fail(f"--clip-model {args.clip_model!r} is not an open_clip architecture; use a name from "
              "open_clip.list_models(), e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14 or ViT-bigG-14, or the path of an "
              "open_clip model config (.json).")
-    local, tags = os.path.isfile(args.clip_pretrained), open_clip.list_pretrained_tags_by_model(name)
-    if not local and args.clip_pretrained not in tags:
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not os.path.isfile(args.clip_pretrained) and args.clip_pretrained not in tags:
         fail(f"--clip-pretrained {args.clip_pretrained!r} is neither an existing checkpoint file nor a pretrained "
              f"tag of {name} (its tags: {', '.join(tags) or 'none'}).")
+    return name
+
+
+def load_clip_reward(args, device) -> CLIPReward:
+    """The reward model of the flags: an open_clip architecture (or model config .json) with the weights of a
+    pretrained tag (downloaded once, then cached) or of a checkpoint file. Bad names stop before the download."""
+    name, local = clip_architecture(args), os.path.isfile(args.clip_pretrained)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings are not for users
     try:  # download before building the model (ViT-bigG-14 takes 10 GB), so that only a download problem reads as one
         if not local:

@@ -38,15 +38,18 @@ Random weights (the tests', a checkpoint made for timing) give meaningless figur
 trained CLIP say whether a prompt works.
 """
 
+import glob
 import hashlib
 import importlib
 import inspect
 import json
+import math
 import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -140,7 +143,11 @@ def read_candidates(args: Args, script) -> list[tuple[tuple[str, ...], tuple[str
     if args.prompts_file is not None:
         if not os.path.isfile(args.prompts_file):
             fail(f"--prompts-file {args.prompts_file!r}: no such file.")
-        lines = [line.split("#")[0].strip() for line in open(args.prompts_file)]
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                lines = [line.split("#")[0].strip() for line in f]
+        except UnicodeDecodeError:
+            fail(f"--prompts-file {args.prompts_file!r} is not UTF-8 text.")
         lines = [line for line in lines if line]
         if not lines:
             fail(f"--prompts-file {args.prompts_file!r} holds no candidate: write one per line, "
@@ -155,29 +162,44 @@ def read_candidates(args: Args, script) -> list[tuple[tuple[str, ...], tuple[str
     unique = list(dict.fromkeys(candidates))
     if max(args.alpha) > 0:
         for goal, baseline in unique:
-            if sorted(goal) == sorted(baseline):
+            if {p.lower() for p in goal} == {p.lower() for p in baseline}:  # the same prompts, to the tokenizer
                 fail(f"the candidate {' / '.join(goal)!r} has the same goal and baseline prompts, so --alpha > 0 has "
                      "no direction to project on: give it another baseline, or --alpha 0 only.")
     return unique
 
 
 def check(args: Args, script):
-    """Bad input stops here, with one sentence, before anything is loaded or embedded."""
+    """Bad input stops here, with one sentence, before anything is loaded or embedded (each --clip-model with its
+    --clip-pretrained by the script's own checks)."""
     if args.env == "humanoid" and args.task not in script.TASKS:
         fail(f"--task must be one of {', '.join(script.TASKS)}, got {args.task!r}.")
     if not args.alpha or any(not 0.0 <= a <= 1.0 for a in args.alpha):
         fail(f"--alpha takes values in [0, 1], got {' '.join(map(str, args.alpha)) or 'none'}.")
-    if len(args.clip_model) != len(args.clip_pretrained):
-        fail(f"--clip-pretrained needs one tag or file per --clip-model: {len(args.clip_model)} models, "
-             f"{len(args.clip_pretrained)} weights.")
-    for name in ("sample", "episodes", "path_points"):
-        if getattr(args, name) < (2 if name == "path_points" else 1):
-            fail(f"--{name.replace('_', '-')} must be at least {2 if name == 'path_points' else 1}, got {getattr(args, name)}.")
-    if args.jitters < 0 or (args.grid is not None and min(args.grid) < 2):
-        fail(f"--jitters must be at least 0 and --grid at least 2 per axis, got {args.jitters} and {args.grid}.")
+    for flag, value, least in (("--sample", args.sample, 1), ("--episodes", args.episodes, 1),
+                               ("--path-points", args.path_points, 2), ("--jitters", args.jitters, 0),
+                               ("--grid", min(args.grid or (2,)), 2)):
+        if value < least:
+            fail(f"{flag} must be at least {least}, got {value}.")
     for flag, prompts in (("--prompt", args.prompt), ("--baseline-prompt", args.baseline_prompt)):
         if any(not p.strip() for p in prompts):
             fail(f"{flag} takes non-empty sentences.")
+    if os.path.isfile(args.out):
+        fail(f"--out {args.out!r} is a file; it names the folder that receives the report.")
+    if len(args.clip_model) != len(args.clip_pretrained):
+        fail(f"--clip-pretrained needs one tag or file per --clip-model: {len(args.clip_model)} models, "
+             f"{len(args.clip_pretrained)} weights.")
+    if len(set(model_labels(args))) < len(args.clip_model):
+        fail("two --clip-model / --clip-pretrained pairs are the same model: give each once.")
+    if args.env == "humanoid":
+        script.require_gl()  # MuJoCo renders headless, or one sentence says why not
+    for name, weights in zip(args.clip_model, args.clip_pretrained):
+        script.clip_architecture(SimpleNamespace(clip_model=name, clip_pretrained=weights))
+
+
+def model_labels(args: Args) -> list[str]:
+    """'ViT-B-32 laion2b_s34b_b79k' for each model: the names as given, a checkpoint file's without its folder."""
+    return [f"{os.path.basename(name)} {os.path.basename(weights) if os.path.isfile(weights) else weights}"
+            for name, weights in zip(args.clip_model, args.clip_pretrained)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -258,24 +280,30 @@ def generated_states(args: Args, script) -> tuple[np.ndarray, list[str]]:
 
 
 def run_states(args: Args, script) -> tuple[np.ndarray, list[str]]:
-    """--sample next observations of a run's replay buffer, as states of the flags' environment."""
-    import glob
-
-    if not glob.glob(os.path.join(args.states, "checkpoint_*.pt")):
-        fail(f"--states {args.states!r} holds no checkpoint (checkpoint_*.pt), so no replay buffer to take states from.")
-    checkpoint = script.load_checkpoint(args.states)
-    buffer = checkpoint.get("buffer")
-    if not buffer:
-        fail(f"--states {args.states!r}: its checkpoint holds no replay buffer (the run had --no-checkpoint-buffer).")
-    observations = buffer["next_obs"].numpy()
-    expected = OBS_DIM.get(args.env) or script.CLIPHumanoidEnv((64, 64)).observation_space.shape[0]
+    """--sample next observations of a run's replay buffer, as states of the flags' environment. The newest checkpoint
+    that can be read is read and nothing in the folder is touched: the run may still be writing its next one."""
+    checkpoint = None
+    for path in sorted(glob.glob(os.path.join(args.states, "checkpoint_*.pt")), reverse=True):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            break
+        except Exception:  # being written, or damaged: the one before it
+            continue
+    if checkpoint is None:
+        fail(f"--states {args.states!r} holds no readable checkpoint (checkpoint_*.pt), so no replay buffer to take "
+             "states from.")
+    if not checkpoint.get("buffer") or len(checkpoint["buffer"]["next_obs"]) == 0:
+        fail(f"--states {args.states!r}: its checkpoint holds no replay buffer (the run had --no-checkpoint-buffer, "
+             "or had stored nothing yet).")
+    observations = checkpoint["buffer"]["next_obs"].numpy()
+    env = scene_env(args, script, (64, 64)) if args.env == "humanoid" else None
+    expected = OBS_DIM.get(args.env) or env.observation_space.shape[0]
     if observations.shape[1] != expected:
         fail(f"--states {args.states!r} is not a {args.env} run: its observations have {observations.shape[1]} "
              f"numbers, {args.env}'s {expected}.")
     rng = np.random.default_rng(args.state_seed)
     rows = observations[np.sort(rng.choice(len(observations), min(args.sample, len(observations)), replace=False))]
-    if args.env == "humanoid":  # observation: qpos without x and y, then qvel, then forces
-        env = script.CLIPHumanoidEnv((64, 64), fast_render=True)
+    if env is not None:  # observation: qpos without x and y, then qvel, then forces
         nq, nv = env.model.nq, env.model.nv
         env.close()
         rows = np.concatenate([np.zeros((len(rows), 2)), rows[:, : nq - 2 + nv]], axis=1)
@@ -293,8 +321,10 @@ def state_set(args: Args, script) -> tuple[np.ndarray, list[str], bool]:
     """The state set, from the cache where it was made before: (states, sources, whether it was cached)."""
     if args.states is not None:  # a run's states: the checkpoint is the cache
         return *run_states(args, script), True
+    sources = [inspect.getsource(script)] + ([inspect.getsource(importlib.import_module("pose_contact_sheet"))]
+                                             if args.env == "humanoid" else [])  # the hand-built poses
     spec = dict(env=args.env, seed=args.state_seed, grid=args.grid or DEFAULT_GRID.get(args.env), episodes=args.episodes,
-                jitters=args.jitters, path_points=args.path_points, source=digest(inspect.getsource(script)))
+                jitters=args.jitters, path_points=args.path_points, source=digest(sources))
     path = os.path.join(args.cache_dir, f"states_{args.env}_{digest(spec)}.npz")
     if os.path.isfile(path):
         cached = np.load(path)
@@ -309,77 +339,88 @@ def state_set(args: Args, script) -> tuple[np.ndarray, list[str], bool]:
 # --------------------------------------------------------------------------------------------------------------
 # Embeddings, cached
 # --------------------------------------------------------------------------------------------------------------
-def load_models(args: Args, script, device) -> list[dict]:
-    """Each --clip-model with its weights, loaded by the script's own loader (its checks and error sentences)."""
-    from types import SimpleNamespace
-
+def load_model(args: Args, script, name: str, weights: str, label: str, device) -> dict:
+    """One --clip-model with its weights, loaded by the script's own loader (its error sentences): a report's model
+    entry, with what identifies it in the embedding cache."""
     import open_clip
 
-    models = []
-    for name, weights in zip(args.clip_model, args.clip_pretrained):
-        flags = SimpleNamespace(clip_model=name, clip_pretrained=weights, prompt=("a",), baseline_prompt=("b",),
-                                alpha=0.0, clip_chunk_size=args.clip_chunk_size, clip_precision=args.clip_precision)
-        reward_model = script.load_clip_reward(flags, device)
-        identity = [name, os.path.abspath(weights), os.path.getsize(weights), os.path.getmtime(weights)] \
-            if os.path.isfile(weights) else [name, weights]
-        models.append(dict(label=f"{os.path.basename(name)} {os.path.basename(weights)}", identity=identity,
-                           model=reward_model.model, tokenizer=open_clip.get_tokenizer(flags.clip_model),
-                           encoder=reward_model))
-    return models
+    flags = SimpleNamespace(clip_model=name, clip_pretrained=weights, prompt=("a",), baseline_prompt=("b",),
+                            alpha=0.0, clip_chunk_size=args.clip_chunk_size, clip_precision=args.clip_precision)
+    encoder = script.load_clip_reward(flags, device)
+    files = [f for f in (name, weights) if os.path.isfile(f)]  # a config's and a checkpoint's: by content, not name
+    identity = [name, weights, [hashlib.sha256(open(f, "rb").read(1 << 20)).hexdigest() + str(os.path.getsize(f))
+                                for f in files]]  # the first MB and the size
+    return dict(label=label, identity=identity, tokenizer=open_clip.get_tokenizer(script.clip_architecture(flags)),
+                encoder=encoder)
+
+
+def scene_identity(args: Args, script) -> dict:
+    """What the frames depend on besides the states: the scene's flags, the script's source (its renderer) and the
+    libraries and OpenGL renderer that draw them (a CPU's llvmpipe and a GPU's driver draw different pixels)."""
+    import open_clip
+    import pygame
+
+    renderer = None
+    if args.env == "humanoid":
+        import mujoco
+
+        renderer = [script.require_gl(), mujoco.__version__]
+    return dict(textured=args.textured, camera=args.camera, fast_render=args.fast_render, renderer=renderer,
+                source=digest(inspect.getsource(script)), versions=[pygame.__version__, open_clip.__version__,
+                                                                      torch.__version__])
 
 
 def embeddings(args: Args, script, states, entry: dict) -> tuple[np.ndarray, dict]:
-    """Unit image embeddings (float32) of every state's frame, from the cache or from CLIP; and timings."""
+    """Unit image embeddings (float32) of every state's frame, from the cache or from CLIP; and timings. States
+    with identical frames (velocities do not show) are embedded once."""
     encoder = entry["encoder"]
     key = digest(dict(env=args.env, model=entry["identity"], precision=encoder.precision, size=encoder.image_size,
-                      textured=args.textured, camera=args.camera, fast_render=args.fast_render,
-                      source=digest(inspect.getsource(script))), states)
+                      scene=scene_identity(args, script)), states)
     path = os.path.join(args.cache_dir, f"embeddings_{args.env}_{key}.npy")
     if os.path.isfile(path):
         return np.load(path), dict(cached=True)
     start, env = time.perf_counter(), scene_env(args, script, encoder.image_size)
-    frames, index = {}, np.empty(len(states), np.int64)  # identical frames (velocities do not show) are embedded once
+    frames, index = {}, np.empty(len(states), np.int64)  # frame digest -> (its row among the distinct frames, frame)
     for i, state in enumerate(states):
         place(args, env, state)
         frame = np.ascontiguousarray(env.render())
         index[i] = frames.setdefault(hashlib.sha1(frame.tobytes()).digest(), (len(frames), frame))[0]
     env.close()
-    unique = np.stack([frame for _, frame in frames.values()])
+    distinct = np.stack([frame for _, frame in frames.values()])
     rendered = time.perf_counter()
-    chunks = [encoder.embed_images(unique[i: i + encoder.chunk_size]).cpu().numpy()
-              for i in range(0, len(unique), encoder.chunk_size)]
+    chunks = [encoder.embed_images(distinct[i: i + encoder.chunk_size]).cpu().numpy()
+              for i in range(0, len(distinct), encoder.chunk_size)]
     embedded = time.perf_counter()
     vectors = np.concatenate(chunks).astype(np.float32)[index]
     os.makedirs(args.cache_dir, exist_ok=True)
     np.save(path + ".tmp.npy", vectors)
     os.replace(path + ".tmp.npy", path)
-    return vectors, dict(cached=False, frames=len(unique), render_seconds=rendered - start,
-                         clip_seconds=embedded - rendered, clip_frames_per_second=len(unique) / (embedded - rendered))
+    return vectors, dict(cached=False, frames=len(distinct), render_seconds=rendered - start,
+                         clip_seconds=embedded - rendered, clip_frames_per_second=len(distinct) / (embedded - rendered))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------------------
 def figures(rewards, goal, graded) -> dict:
-    spread = float(rewards.std())
+    """The figures of one candidate's rewards against the labels (the state set has goal and non-goal states)."""
+    spread, gap = float(rewards.std()), float(rewards[goal].mean() - rewards[~goal].mean())
     return dict(epic_distance=epic_distance(rewards, goal), pearson=pearson(rewards, goal), auc=auc(rewards, goal),
-                spearman_graded=spearman(rewards, graded),
-                separation=float((rewards[goal].mean() - rewards[~goal].mean()) / spread)
-                if spread > 0 and goal.any() and not goal.all() else float("nan"),
+                spearman_graded=spearman(rewards, graded), separation=gap / spread if spread > 0 else float("nan"),
                 spread=spread, reward_5_95=[float(q) for q in np.quantile(rewards, [0.05, 0.95])],
-                mean_goal=float(rewards[goal].mean()) if goal.any() else float("nan"),
-                mean_other=float(rewards[~goal].mean()) if not goal.all() else float("nan"))
+                mean_goal=float(rewards[goal].mean()), mean_other=float(rewards[~goal].mean()))
 
 
-def plot(rows, rewards, goal, path):
+def plot(rows, rewards, goal, default: int, path):
     """EPIC distance against α for each (model, prompts); the reward's distribution in and out of the goal for the
-    best candidate and for the default one (the flags' prompts, the first model and α), each on its own axis."""
+    best candidate and for the default one (rows[default]: the flags' prompts, the first model and α), each on its
+    own axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [(0, "best")] + [(i, "default") for i, r in enumerate(rows) if r["default"] and i != 0]
+    shown = [(0, "best")] + [(default, "default")] * (default != 0)
     fig, axes = plt.subplots(1, 1 + len(shown), figsize=(6 + 4.5 * len(shown), 4.5), squeeze=False)
     for name in dict.fromkeys((r["model"], r["goal"], r["baseline"]) for r in rows):
         line = sorted((r for r in rows if (r["model"], r["goal"], r["baseline"]) == name), key=lambda r: r["alpha"])
@@ -400,17 +441,32 @@ def plot(rows, rewards, goal, path):
 
 
 def cell(value) -> str:
-    return "n/a" if value != value else f"{value:.3f}"
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def write_report(args: Args, report: dict, rows: list, command: str):
-    goal = report["states"]["goal"]
+def without_nan(value):
+    """NaN as None (JSON's null: NaN is not JSON), in nested lists and dicts."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_report(args: Args, report: dict, rows: list):
+    states = report["states"]
+    by_source = ", ".join(f"{n} {source} ({states['goal_by_source'][source]} in the goal)"
+                          for source, n in states["sources"].items())
+    frames = {label: t["frames"] for label, t in report["timings"].items() if "frames" in t}
     lines = [f"# Reward report: {args.env}" + (f", {args.task}" if args.env == "humanoid" else ""), "",
-             f"    {command}", "",
-             f"{report['states']['count']} states ({', '.join(f'{n} {k}' for k, n in report['states']['sources'].items())}), "
-             f"{goal} of them in the goal. Best first by EPIC distance; random weights give meaningless figures.", "",
-             "| # | model | goal prompt(s) | baseline | α | EPIC distance | AUC | Spearman (graded) | separation | spread |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"    {report['command']}", "",
+             f"{states['count']} states: {by_source}" + (f"; distinct frames: {', '.join(f'{n} ({m})' for m, n in frames.items())}"
+                                                        if frames else "") + ". Best first by EPIC distance. "
+             "Random weights give meaningless figures.", ""]
+    if states["goal"] < 30:
+        lines += [f"**Only {states['goal']} states are in the goal: the figures rest on few of them.**", ""]
+    lines += ["| # | model | goal prompt(s) | baseline | α | EPIC distance | AUC | Spearman (graded) | separation | spread |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         lines.append(f"| {i}{' (default)' if r['default'] else ''} | {r['model']} | {' / '.join(r['goal'])} | "
                      f"{' / '.join(r['baseline'])} | {r['alpha']} | {cell(r['epic_distance'])} | {cell(r['auc'])} | "
@@ -420,46 +476,55 @@ def write_report(args: Args, report: dict, rows: list, command: str):
 
 
 def main(args: Args, models: list[dict] | None = None) -> dict:
-    """`models`: stand-ins for the loaded CLIP models (tests), dicts of label, identity, model, tokenizer and
-    encoder (a CLIPReward that embeds the frames)."""
+    """`models`: stand-ins for the CLIP models of the flags (tests): dicts of label, identity (for the cache),
+    tokenizer and encoder (a CLIPReward whose model embeds the frames)."""
     script = importlib.import_module(SCRIPTS[args.env])
     check(args, script)
     candidates = read_candidates(args, script)
-    command = command_line(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     states, sources, states_cached = state_set(args, script)
     goal, graded = labels(args, script, states)
-    models = models if models is not None else load_models(args, script, device)
+    if goal.all() or not goal.any():
+        fail(f"{'all' if goal.any() else 'none'} of the {len(states)} states are in the goal" +
+             (f" of --task {args.task}" if args.env == "humanoid" else "") + ": there is nothing to tell apart.")
     print(f"{len(states)} states ({'cached' if states_cached else 'made'}), {int(goal.sum())} in the goal")
 
     rows, rewards, timings = [], [], {}
-    for entry in models:
-        vectors, timings[entry["label"]] = embeddings(args, script, states, entry)
-        print(f"{entry['label']}: " + ("embeddings from the cache" if timings[entry["label"]]["cached"] else
+    labels_ = [m["label"] for m in models] if models is not None else model_labels(args)
+    for k, label in enumerate(labels_):  # one model in memory at a time
+        entry = models[k] if models is not None else load_model(
+            args, script, args.clip_model[k], args.clip_pretrained[k], label, device)
+        encoder = entry["encoder"]
+        # The text side first (cheap): a candidate whose prompts embed alike stops before any frame is rendered.
+        scorers = [(goal_prompts, baseline_prompts, alpha, script.CLIPReward(
+            encoder.model, entry["tokenizer"], goal_prompts, baseline_prompts, alpha, encoder.device))
+            for goal_prompts, baseline_prompts in candidates for alpha in args.alpha]
+        vectors, timings[label] = embeddings(args, script, states, entry)
+        print(f"{label}: " + ("embeddings from the cache" if timings[label]["cached"] else
               "{frames} frames rendered in {render_seconds:.1f} s, embedded in {clip_seconds:.1f} s "
-              "({clip_frames_per_second:.1f} frames/s)".format(**timings[entry["label"]])))
-        vectors = torch.from_numpy(vectors).to(entry["encoder"].device)
-        for i, (goal_prompts, baseline_prompts) in enumerate(candidates):
-            for alpha in args.alpha:
-                reward_model = script.CLIPReward(entry["model"], entry["tokenizer"], goal_prompts, baseline_prompts,
-                                                 alpha, entry["encoder"].device)
-                r = reward_model.rewards_from_embeddings(vectors).cpu().numpy().astype(np.float64)
-                rows.append(dict(model=entry["label"], goal=goal_prompts, baseline=baseline_prompts, alpha=alpha,
-                                 default=entry is models[0] and i == 0 and alpha == args.alpha[0], **figures(r, goal, graded)))
-                rewards.append(r)
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["epic_distance"] != rows[i]["epic_distance"],
-                                                    rows[i]["epic_distance"], -np.nan_to_num(rows[i]["auc"])))
-    ranked, ranked_rewards = [rows[i] for i in order], [rewards[i] for i in order]
-    report = dict(command=command, env=args.env, task=args.task if args.env == "humanoid" else None,
-                  states=dict(count=len(states), goal=int(goal.sum()),
-                              sources={s: sources.count(s) for s in dict.fromkeys(sources)}),
-                  timings=timings, candidates=[{**r, "goal": list(r["goal"]), "baseline": list(r["baseline"])}
-                                               for r in ranked])
+              "({clip_frames_per_second:.1f} frames/s)".format(**timings[label])))
+        vectors = torch.from_numpy(vectors).to(encoder.device)
+        for j, (goal_prompts, baseline_prompts, alpha, reward_model) in enumerate(scorers):
+            r = reward_model.rewards_from_embeddings(vectors).cpu().numpy().astype(np.float64)
+            rows.append(dict(model=label, goal=goal_prompts, baseline=baseline_prompts, alpha=alpha,
+                             default=j == 0, **figures(r, goal, graded)))  # default: the flags' prompts, first α
+            rewards.append(r)
+        del entry, encoder, scorers
+    nan_last = lambda i: (math.isnan(rows[i]["epic_distance"]), np.nan_to_num(rows[i]["epic_distance"]),  # noqa: E731
+                          -np.nan_to_num(rows[i]["auc"]))
+    order = sorted(range(len(rows)), key=nan_last)
+    ranked = [rows[i] for i in order]
+    report = dict(command=command_line(args), env=args.env, task=args.task if args.env == "humanoid" else None,
+                  models=labels_, states=dict(count=len(states), goal=int(goal.sum()),
+                                              sources={s: sources.count(s) for s in dict.fromkeys(sources)},
+                                              goal_by_source={s: int(goal[np.array(sources) == s].sum())
+                                                              for s in dict.fromkeys(sources)}),
+                  timings=timings, candidates=ranked)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    write_report(args, report, ranked, command)
-    plot(ranked, ranked_rewards, goal, os.path.join(args.out, "report.png"))
+        json.dump(without_nan(report), f, indent=1)
+    write_report(args, report, ranked)
+    plot(ranked, [rewards[i] for i in order], goal, order.index(0), os.path.join(args.out, "report.png"))
     best = ranked[0]
     print(f"best: {best['model']}, {' / '.join(best['goal'])!r} vs {' / '.join(best['baseline'])!r}, α={best['alpha']}: "
           f"EPIC {cell(best['epic_distance'])}, AUC {cell(best['auc'])} -> {os.path.join(args.out, 'report.md')}")

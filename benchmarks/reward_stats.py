@@ -50,5 +50,7 @@ def pearson(a, b) -> float:
 
 
 def epic_distance(rewards, labels) -> float:
-    """sqrt((1 - ρ) / 2), ρ Pearson's correlation of the rewards with the labels (paper, section 4.4)."""
-    return float(np.sqrt(max(0.0, 1.0 - pearson(rewards, labels)) / 2))
+    """sqrt((1 - ρ) / 2), ρ Pearson's correlation of the rewards with the labels (paper, section 4.4); NaN when
+    either is constant (a constant reward is not a perfect one)."""
+    rho = pearson(rewards, labels)
+    return rho if np.isnan(rho) else float(np.sqrt((1.0 - min(rho, 1.0)) / 2))

@@ -1,6 +1,7 @@
 """benchmarks/reward_report.py: figures that see what the encoder sees, caches that are reused only when nothing
 changed, and bad input stopped before anything is embedded. Encoders are stand-ins or a tiny random CLIP."""
 
+import json
 import math
 import os
 import shlex
@@ -27,12 +28,19 @@ def stand_in(encoder, label="stand-in"):
 
     encoder.encode_image = counting
     embedder = mountaincar.CLIPReward(encoder, encoder.tokenizer, ("any",), ("other",), 0.0)  # only embeds frames
-    return dict(label=label, identity=[label], model=encoder, tokenizer=encoder.tokenizer, encoder=embedder), calls
+    return dict(label=label, identity=[label], tokenizer=encoder.tokenizer, encoder=embedder), calls
 
 
 class NegatedCarPosition(CarPositionEncoder):
     def encode_image(self, x):
         return -super().encode_image(x)
+
+
+class Blind(CarPositionEncoder):
+    """Sees nothing: the same embedding for every frame, so a constant reward."""
+
+    def angle(self, pixels):
+        return torch.zeros(len(pixels))
 
 
 def mountaincar_args(tmp_path, **overrides):
@@ -46,7 +54,7 @@ def test_an_encoder_that_sees_the_goal_scores_auc_1_and_epic_near_0_and_reversed
     misaligns frames and labels (the deduplication of identical frames, the placing of states) lowers the AUC."""
     entry, calls = stand_in(CarPositionEncoder(span=0.05))
     result = report.main(mountaincar_args(tmp_path), models=[entry])
-    assert result["states"] == dict(count=80, goal=8, sources={"grid": 80})  # 4 of 40 positions at x >= 0.45
+    assert result["states"] == dict(count=80, goal=8, sources={"grid": 80}, goal_by_source={"grid": 8})  # 4 of 40 x >= 0.45
     assert sum(calls) == 40  # the two velocities of a position have the same frame: embedded once
     for row in result["candidates"]:  # the default prompt names the "peak": the stand-in's goal
         assert row["auc"] > 0.99 and row["epic_distance"] < 0.12, row
@@ -54,7 +62,62 @@ def test_an_encoder_that_sees_the_goal_scores_auc_1_and_epic_near_0_and_reversed
     negated, _ = stand_in(NegatedCarPosition(span=0.05), label="negated")  # another model: not the cache of the first
     reversed_ = report.main(mountaincar_args(tmp_path, out=str(tmp_path / "negated")), models=[negated])
     for row in reversed_["candidates"]:
-        assert row["auc"] < 0.01 and row["epic_distance"] > 0.95, row
+        assert row["auc"] < 0.01 and row["epic_distance"] > 0.95 and row["spearman_graded"] < -0.3, row
+
+
+def test_a_constant_reward_has_no_epic_distance_and_ranks_last(tmp_path):
+    """A constant reward is not a perfect one: its correlation is undefined (NaN: null in report.json)."""
+    seeing, _ = stand_in(CarPositionEncoder(), label="seeing")
+    blind, _ = stand_in(Blind(), label="blind")
+    result = report.main(mountaincar_args(tmp_path, alpha=(0.0,)), models=[blind, seeing])
+    assert [r["model"] for r in result["candidates"]] == ["seeing", "blind"]
+    assert math.isnan(result["candidates"][1]["epic_distance"]) and result["candidates"][1]["auc"] == 0.5
+    assert result["models"] == ["blind", "seeing"]  # in the order given, as the summary draws them
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["candidates"][1]["epic_distance"] is None
+
+
+def test_identical_frames_anywhere_in_the_states_share_their_embedding(tmp_path):
+    """Deduplication keeps each state's own frame: the same states in another order give the same vectors in that
+    order (MountainCar's velocities do not show, so every position appears several times, apart)."""
+    entry, calls = stand_in(CarPositionEncoder())
+    args = mountaincar_args(tmp_path)
+    states = np.array([(x, v) for v in (-0.05, 0.0, 0.05) for x in np.linspace(-1.2, 0.6, 7)])
+    vectors, timing = report.embeddings(args, mountaincar, states, entry)
+    assert timing["frames"] == 7 and sum(calls) == 7
+    order = np.random.default_rng(0).permutation(len(states))
+    shuffled, _ = report.embeddings(args, mountaincar, states[order], entry)
+    np.testing.assert_array_equal(shuffled, vectors[order])
+    assert len(np.unique(vectors.round(6), axis=0)) == 7
+
+
+def test_none_in_the_goal_stops_before_anything_is_embedded(tmp_path):
+    entry, calls = stand_in(CarPositionEncoder())
+    run = tmp_path / "run"
+    run.mkdir()
+    valley = np.array([[-0.5, 0.0]] * 20, dtype=np.float32)  # a run that never left the valley
+    torch.save(dict(buffer=dict(next_obs=torch.tensor(valley))), run / "checkpoint_000000000020.pt")
+    with pytest.raises(SystemExit, match="none of the 20 states are in the goal"):
+        report.main(mountaincar_args(tmp_path, states=str(run)), models=[entry])
+    assert calls == []
+
+
+def test_a_model_config_file_gets_its_own_tokenizer(tmp_path):
+    """A --clip-model .json is registered under its file's name: its tokenizer is the config's (here a context of
+    32 tokens), not open_clip's default (77), which would not fit its text tower."""
+    import json as json_
+    import open_clip
+
+    from conftest import TINY_CONFIG
+
+    config = tmp_path / "tiny-context-32.json"
+    config.write_text(json_.dumps({**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"], "context_length": 32}}))
+    open_clip.add_model_config(config)
+    weights = tmp_path / "weights.pt"
+    torch.save(open_clip.create_model("tiny-context-32").state_dict(), weights)
+    result = report.main(report.Args(env="cartpole", clip_model=(str(config),), clip_pretrained=(str(weights),),
+                                     grid=(3, 3), alpha=(0.0,), out=str(tmp_path / "out"), cache_dir=str(tmp_path / "c")))
+    assert result["models"] == ["tiny-context-32.json weights.pt"] and len(result["candidates"]) == 1
 
 
 def test_a_tiny_random_clip_gives_finite_figures_and_a_report_whose_command_makes_it(tiny_clip, tmp_path):
@@ -111,6 +174,9 @@ def test_another_state_seed_makes_other_humanoid_states_and_embeds_them(tmp_path
     assert len(calls) == embedded  # the same states serve every task
     report.main(report.Args(**settings, state_seed=1, out=str(tmp_path / "c")), models=[entry])
     assert len(calls) > embedded
+    embedded = len(calls)
+    report.main(report.Args(**settings, camera="stock", out=str(tmp_path / "d")), models=[entry])  # other frames
+    assert len(calls) > embedded
 
 
 def test_bad_input_stops_with_one_sentence_before_anything_is_embedded(tmp_path):
@@ -124,14 +190,32 @@ def test_bad_input_stops_with_one_sentence_before_anything_is_embedded(tmp_path)
              (dict(alpha=(0.0, 1.5)), r"--alpha takes values in \[0, 1\]"),
              (dict(env="humanoid", task="sitting"), "--task must be one of kneeling, lotus-position"),
              (dict(states=str(no_buffer)), "holds no replay buffer"),
-             (dict(states=str(tmp_path)), r"holds no checkpoint \(checkpoint_\*.pt\)"),
+             (dict(states=str(tmp_path)), r"holds no readable checkpoint \(checkpoint_\*.pt\)"),
              (dict(clip_model=("RN50", "ViT-B-32")), "one tag or file per --clip-model"),
-             (dict(prompt=("a car",), baseline_prompt=("a car",)), "the same goal and baseline prompts")]
+             (dict(prompt=("a car",), baseline_prompt=("A car",)), "the same goal and baseline prompts"),
+             (dict(clip_model=("ViT-B-32", "ViT-Nope-99"), clip_pretrained=("laion2b_s34b_b79k", "x")),
+              "--clip-model 'ViT-Nope-99' is not an open_clip architecture"),
+             (dict(clip_model=("ViT-B-32", "ViT-B-32"), clip_pretrained=("laion2b_s34b_b79k",) * 2), "the same model"),
+             (dict(out=str(empty)), "is a file"),
+             (dict(grid=(1, 5)), "--grid must be at least 2")]
     for flags, message in cases:
         with pytest.raises(SystemExit, match=message) as stop:
             report.main(mountaincar_args(tmp_path, **flags), models=[entry])
         assert str(stop.value).startswith("error: ") and "\n" not in str(stop.value)
     assert calls == [] and not os.path.exists(tmp_path / "cache")
+
+
+def test_reading_a_live_runs_states_leaves_its_checkpoint_being_written_alone(tmp_path):
+    """A run may be writing its next checkpoint (a .tmp file, renamed when complete) while its states are read."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(dict(buffer=dict(next_obs=torch.tensor([[0.5, 0.0], [-0.5, 0.0]]))), run / "checkpoint_000000000002.pt")
+    (run / "checkpoint_000000000004.pt.tmp").write_bytes(b"half written")
+    (run / "checkpoint_000000000004.pt").write_bytes(b"not yet whole")  # unreadable: the one before it is read
+    states, _ = report.run_states(report.Args(env="mountaincar", states=str(run)), mountaincar)
+    assert sorted(states[:, 0]) == [-0.5, 0.5]
+    assert sorted(os.listdir(run)) == ["checkpoint_000000000002.pt", "checkpoint_000000000004.pt",
+                                       "checkpoint_000000000004.pt.tmp"]
 
 
 @needs_gl

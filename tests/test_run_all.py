@@ -311,6 +311,7 @@ def test_summary_without_humanoid_runs_draws_no_humanoid_figure(tmp_path):
 
 
 def test_reward_report_grid_covers_every_environment_task_scene_and_the_model_scale():
+    assert run_all("--reward-report", "--slurm").returncode == 2  # reports run here, not as a job array
     commands = run_all("--reward-report", "--dry-run").stdout.strip().splitlines()
     assert len(commands) == 1 + 2 + 8 + 2 and all("benchmarks/reward_report.py" in c for c in commands)
     assert all("--alpha 0 0.25 0.5 0.75 1 " in c for c in commands)
@@ -329,7 +330,7 @@ def test_reward_report_smoke_writes_the_report_and_the_summary_links_it(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "reward_report" / "cartpole" / "report.md").is_file()
     summary = (out / "summary.md").read_text()
-    assert "[cartpole](reward_report/cartpole/report.md) | 20 (" in summary  # the smoke grid: 5 x 4 states
+    assert "[cartpole](reward_report/cartpole/report.md) | tiny-clip.json tiny-clip.pt | 20 (" in summary  # 5 x 4 states
 
 
 def test_summary_draws_epic_against_model_size_from_the_kneeling_report(tmp_path):
@@ -339,16 +340,18 @@ def test_summary_draws_epic_against_model_size_from_the_kneeling_report(tmp_path
     models = ["RN50-quickgelu openai", "ViT-L-14 laion2b_s32b_b82k", "ViT-H-14 laion2b_s32b_b79k",
               "ViT-bigG-14 laion2b_s39b_b160k"]
     candidates = [dict(model=m, goal=["a humanoid robot kneeling"], baseline=["a humanoid robot"], alpha=alpha,
-                       default=(i == 0 and alpha == 0.0), epic_distance=0.7 - 0.1 * i - alpha / 100, auc=0.5 + 0.1 * i)
+                       default=alpha == 0.0, epic_distance=0.7 - 0.1 * i - alpha / 100, auc=0.5 + 0.1 * i)
                   for i, m in enumerate(models) for alpha in (0.0, 0.5)]
     folder = tmp_path / "reward_report" / "humanoid_kneeling"
     folder.mkdir(parents=True)
-    (folder / "report.json").write_text(json.dumps(dict(states=dict(count=2000, goal=150),
+    (folder / "report.json").write_text(json.dumps(dict(states=dict(count=2000, goal=150), models=models,
                                                         candidates=sorted(candidates, key=lambda c: c["epic_distance"]))))
     result = run_all("--summary-only", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "| [humanoid_kneeling](reward_report/humanoid_kneeling/report.md) | 2000 (150) | 0.700, 0.500 |" in (
-        tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| [humanoid_kneeling](reward_report/humanoid_kneeling/report.md) | RN50-quickgelu openai | 2000 (150) | " \
+           "0.700, 0.500 |" in summary
+    assert "| ViT-bigG-14 laion2b_s39b_b160k | 2000 (150) | 0.400, 0.800 | 'a humanoid robot kneeling', 0.5 | 0.395, 0.800 |" in summary
     with open(tmp_path / "figure_data.csv") as f:
         drawn = [row for row in csv.DictReader(f) if row["figure"] == "reward_report_epic_vs_model_size.png"]
     means = {row["x"]: float(row["value"]) for row in drawn if row["seed"] == "mean"}
