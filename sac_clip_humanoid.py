@@ -117,7 +117,7 @@ class Args:
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
     clip_chunk_size: int = 0
-    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (passes of 16-64 ran fastest there; README, "Speed")"""
+    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (passes of 16-64 ran fastest there; docs/speed.md)"""
 
     # Environment
     textured: bool = True
@@ -125,7 +125,7 @@ class Args:
     camera: Literal["paper", "stock"] = "paper"
     """`paper`: fixed in front of the robot (distance 3.5, look-at (0, 0, 1), elevation -10°, azimuth 180°); `stock`: gymnasium's"""
     fast_render: bool = False
-    """if toggled, no shadows and no multisampling: software rendering (CPU) ~10x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; README, "Where the defaults differ"); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
+    """if toggled, no shadows and no multisampling: software rendering (CPU) ~10x faster, but frames further from the authors' (no shadow, a darker floor, jagged edges; docs/faithfulness.md); default: MuJoCo's shadows and 4x multisampling, as the authors' scene"""
     num_envs: int = 32
     """the number of parallel environments (paper: 32)"""
     episode_length: int = 100
@@ -263,7 +263,7 @@ def humanoid_xml(textured: bool, frame_size, folder: str, fast_render: bool = Fa
     visual = root.find("visual")
     height, width = frame_size
     ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
-    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (README, "Where the defaults differ")
+    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (docs/faithfulness.md)
         ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
         for light in root.iter("light"):
             light.set("castshadow", "false")

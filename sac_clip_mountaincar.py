@@ -93,7 +93,7 @@ class Args:
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """CLIP image-encoder precision (autocast for bf16/fp16); `auto`: fp16 on a GPU (the authors' autocast), fp32 on a CPU"""
     clip_chunk_size: int = 0
-    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (passes of 16-64 ran fastest there; README, "Speed")"""
+    """most frames per CLIP forward pass; 0: 256 on a GPU (bounds its memory: 256 frames of ViT-bigG-14 need ~3 GB of fp16 activations), 32 on a CPU (passes of 16-64 ran fastest there; docs/speed.md)"""
     landscape_points: int = 41
     """car positions in the reward-landscape sweep made before training"""
 

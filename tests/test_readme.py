@@ -38,15 +38,19 @@ def test_readme_reward_example_runs_as_written(tiny_clip, monkeypatch):
 
 
 def test_readmes_reward_report_commands_parse_into_the_reports_flags():
-    """Every `benchmarks/reward_report.py` command of the README (continued lines joined) names flags that exist."""
+    """Every `benchmarks/reward_report.py` command of the README and docs/ (continued lines joined) names flags that
+    exist."""
+    import glob
     import shlex
 
     import tyro
 
     from conftest import load_benchmark
 
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read().replace("\\\n", " ")
+    text = ""
+    for path in [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md"))]:
+        with open(path) as f:
+            text += f.read().replace("\\\n", " ") + "\n"
     commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python benchmarks/reward_report.py")]
     assert len(commands) >= 3
     report = load_benchmark("reward_report")
