@@ -17,9 +17,12 @@ goal-baseline projection with weight alpha.
 Success is the paper's: in the goal pose for at least half of the episode. The paper asked a person;
 here pose detectors (a few thresholds on body-part positions, one set per task) judge every step.
 
-Top to bottom: arguments, the environment (the paper's changes, a generated scene and camera), the
-pose detectors, the CLIP reward, the replay buffer, SAC, the reward landscape and evaluation with image
-strips, the training loop; below it the plumbing (flag checks, loading CLIP, logging, results, figures).
+Top to bottom, the method: the arguments (`Args`); the task's success (`in_pose`, and `pose_score`, the reward
+of `--reward pose`); the environment (`CLIPHumanoidEnv`: the paper's changes and camera); the reward
+(`CLIPReward`); the replay buffer; the update (`SoftActorCritic.update`); the reward landscape and evaluation;
+the loop (`main`). Below `main`, for reference: the scene's generated textures and XML rewrite, the pose
+detectors' features, thresholds and hand-built poses (`TASKS`), and the plumbing (flag checks, loading CLIP,
+checkpoints, logging, results, figures).
 """
 
 import atexit
@@ -184,260 +187,9 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
 
 
 # ---------------------------------------------------------------------------------------------
-# Environment: gymnasium's Humanoid (v5) as the paper set it up, in a realistic scene
+# Ground truth: the task's pose detector (its features and thresholds, TASKS, are below main)
 # ---------------------------------------------------------------------------------------------
-PAPER_CAMERA = {"distance": 3.5, "lookat": np.array([0.0, 0.0, 1.0]), "elevation": -10.0, "azimuth": 180.0}
-
-
-# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
-def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
-    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
-    noise = np.zeros((height, width))
-    for octave in range(octaves):
-        cells = base_cells * 2 ** octave
-        grid = rng.random((cells + 1, cells + 1))
-        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
-        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
-        fy, fx = (ys - y0)[:, None], xs - x0
-        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
-        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
-        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
-    return (noise - noise.min()) / (noise.max() - noise.min())
-# ==== END SHARED BLOCK: value-noise ====
-
-
-def sky_texture(rng, face: int = 256) -> np.ndarray:
-    """A skybox in MuJoCo's 3x4 cross layout: blue sky fading to a pale horizon, soft clouds, grey ground."""
-    rows = np.linspace(0, 1, face)[:, None, None]  # 0 at the top of a side face, 1 at the horizon row
-    zenith, horizon = np.array([60, 110, 190]), np.array([190, 215, 240])
-
-    def clouds(strength):
-        cover = np.clip((value_noise(rng, face, face, base_cells=3) - 0.45) * 2.5, 0, 1)[..., None]
-        return cover * strength
-
-    def side():
-        upper = zenith + (horizon - zenith) * rows ** 0.7  # upper half of the face: sky
-        upper = upper * (1 - clouds(0.8)) + 250 * clouds(0.8)
-        lower = np.broadcast_to(horizon * 0.85, (face, face, 3))  # below the horizon: haze, seen past the floor
-        image = np.concatenate([upper, lower], axis=0)[::2]  # horizon in the middle of the face
-        return np.broadcast_to(image, (face, face, 3))
-
-    up = zenith * (1 - clouds(0.6)) + 250 * clouds(0.6)
-    down = np.broadcast_to(np.array([110, 110, 105]), (face, face, 3))
-    sheet = np.zeros((3 * face, 4 * face, 3))
-    for (row, col), tile in {(0, 1): up, (1, 0): side(), (1, 1): side(), (1, 2): side(), (1, 3): side(),
-                             (2, 1): down}.items():
-        sheet[row * face: (row + 1) * face, col * face: (col + 1) * face] = tile
-    return sheet.clip(0, 255).astype(np.uint8)
-
-
-def stone_texture(rng, size: int = 512, tiles: int = 4) -> np.ndarray:
-    """Square stone tiles of slightly different shades, grainy, with dark grout between them."""
-    tile = size // tiles
-    shades = rng.uniform(0.8, 1.1, (tiles, tiles))
-    shade = np.kron(shades, np.ones((tile, tile)))[..., None]
-    grain = 0.75 + 0.5 * value_noise(rng, size, size, base_cells=8)[..., None]
-    image = np.array([150, 140, 125]) * shade * grain
-    pos = np.arange(size) % tile
-    grout = (pos[:, None] < 3) | (pos[None, :] < 3)
-    image[grout] = (70, 65, 60)
-    return image.clip(0, 255).astype(np.uint8)
-
-
-def brushed_metal_texture(rng, size: int = 256) -> np.ndarray:
-    """Light grey with fine streaks along one direction, as left by brushing."""
-    streaks = rng.normal(0, 1, (size, 1)) * 0.5 + rng.normal(0, 1, (size, size)) * 0.15
-    streaks = np.cumsum(streaks, axis=1) / np.sqrt(np.arange(1, size + 1))  # stretched along x
-    image = 200 + 12 * (streaks - streaks.mean()) / streaks.std()
-    return np.repeat(image[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
-
-
-def humanoid_xml(textured: bool, frame_size, folder: str, fast_render: bool = False) -> str:
-    """gymnasium's humanoid.xml with an offscreen buffer of the frame size and, with `textured`, dressed as in
-    the paper. MuJoCo's visual defaults stay, as in the authors' model: the overhead light casts shadows and the
-    offscreen buffer multisamples 4x; `fast_render` turns both off. Writes the model and its textures into `folder`."""
-    from PIL import Image
-
-    source = os.path.join(os.path.dirname(gym.envs.mujoco.__file__), "assets", "humanoid.xml")
-    root = ET.parse(source).getroot()
-    visual = root.find("visual")
-    height, width = frame_size
-    ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
-    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (docs/faithfulness.md)
-        ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
-        for light in root.iter("light"):
-            light.set("castshadow", "false")
-    if textured:
-        rng = np.random.default_rng(0)  # the same scene every time
-        for name, image in (("sky.png", sky_texture(rng)), ("stone.png", stone_texture(rng)),
-                            ("metal.png", brushed_metal_texture(rng))):
-            Image.fromarray(image).save(os.path.join(folder, name))
-        asset = root.find("asset")
-        for element in list(asset):
-            asset.remove(element)
-        ET.SubElement(asset, "texture", name="sky", type="skybox", file="sky.png", gridsize="3 4",
-                      gridlayout=".U..LFRB.D..")
-        ET.SubElement(asset, "texture", name="stone", type="2d", file="stone.png")
-        ET.SubElement(asset, "texture", name="metal", type="cube", file="metal.png")
-        ET.SubElement(asset, "material", name="MatPlane", texture="stone", texrepeat="8 8", reflectance="0",
-                      specular="0.1", shininess="0.1")
-        ET.SubElement(asset, "material", name="geom", texture="metal", texuniform="true", specular="0.8",
-                      shininess="0.5", reflectance="0")
-        root.find("default").find("geom").set("rgba", "0.85 0.87 0.9 1")
-        for geom in root.iter("geom"):
-            if geom.get("name") == "floor":
-                geom.set("rgba", "1 1 1 1")
-        fog = visual.find("map")  # the stock fog greys out the horizon; the sky should show there
-        fog.attrib.pop("fogstart", None)
-        fog.attrib.pop("fogend", None)
-        ET.SubElement(visual, "headlight", ambient="0.35 0.35 0.35", diffuse="0.5 0.5 0.5")
-    path = os.path.join(folder, "humanoid_scene.xml")
-    ET.ElementTree(root).write(path)
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def scene_file(textured: bool, frame_size: tuple, fast_render: bool = False) -> str:
-    """The scene's XML path, written once per process into a temporary folder removed at exit."""
-    folder = tempfile.mkdtemp(prefix="vlmrm_humanoid_")
-    atexit.register(shutil.rmtree, folder, True)
-    return humanoid_xml(textured, frame_size, folder, fast_render)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ground truth: pose detectors for the paper's eight tasks
-# ---------------------------------------------------------------------------------------------
-# The paper's success measure was a person watching videos: "in the goal pose for at least half of
-# the episode". Here a few geometric features of the robot's body stand in for the person's eyes.
-# Heights are in metres above the floor (z = 0); the robot faces +x. For scale, standing upright
-# with its feet on the floor: head 1.48, pelvis 0.87, knees 0.42, feet (sphere centres) 0.075;
-# an episode starts 0.1 m higher, with the feet in the air, and the robot drops onto them.
-# The thresholds were set on poses built by hand and checked by eye, and on random-action rollouts:
-# benchmarks/pose_contact_sheet.py shows what each detector accepts and its nearest misses, and
-# tests/test_pose.py checks the hand-built poses.
-HIP_HALF_WIDTH = 0.16  # the outer side of the hips, from the pelvis's centre (its capsule: half-length 0.07 + radius 0.09)
 SUCCESS_FRACTION = 0.5  # the paper's criterion: in the pose for at least half of the episode's steps
-
-
-def pose_features(data) -> dict[str, float]:
-    """Features of the robot's pose from MuJoCo's `data` (positions after mj_forward / a step).
-
-    Points: the head, hands and feet are the centres of their spheres; a knee is the origin of its
-    shin body (the knee joint); the torso's axes are its rotation matrix's columns (x forward, y to
-    the robot's left, z up along the spine).
-    """
-    head = data.geom("head").xpos
-    hands = {side: data.geom(f"{side}_hand").xpos for side in ("right", "left")}
-    feet = [data.geom(f"{side}_foot").xpos for side in ("right", "left")]
-    knees = [data.body(f"{side}_shin").xpos for side in ("right", "left")]
-    pelvis, pelvis_axes = data.body("pelvis").xpos, data.body("pelvis").xmat.reshape(3, 3)
-    torso_position, torso_axes = data.body("torso").xpos, data.body("torso").xmat.reshape(3, 3)
-    hips = {"right": pelvis - HIP_HALF_WIDTH * pelvis_axes[:, 1], "left": pelvis + HIP_HALF_WIDTH * pelvis_axes[:, 1]}
-    # The direction the hips face, along the floor (none when the pelvis faces up or down: lying).
-    facing = pelvis_axes[:, 0] * np.array([1.0, 1.0, 0.0])
-    facing = facing / math.hypot(*facing[:2]) if math.hypot(*facing[:2]) > 0.1 else np.zeros(3)
-    lower_knee = int(knees[1][2] < knees[0][2])  # 0: the right knee, 1: the left
-    # How far each hand is to the robot's left of the spine, in the torso's frame (turning or leaning does not change it).
-    leftward = {side: float((hand - torso_position) @ torso_axes[:, 1]) for side, hand in hands.items()}
-    horizontal = lambda a, b: math.hypot(a[0] - b[0], a[1] - b[1])  # noqa: E731
-    return dict(
-        head_height=float(head[2]),
-        pelvis_height=float(pelvis[2]),
-        torso_upright=float(torso_axes[2, 2]),  # cosine of the spine's tilt: 1 upright, 0 lying, -1 upside down
-        knee_low=float(min(k[2] for k in knees)), knee_high=float(max(k[2] for k in knees)),
-        foot_low=float(min(f[2] for f in feet)), foot_high=float(max(f[2] for f in feet)),
-        feet_apart=horizontal(*feet),
-        knees_apart=horizontal(*knees),
-        # How far the foot of the lower knee's leg lies behind that knee, in the direction the hips face: ~0.4
-        # when the shin lies on the floor behind the knee (kneeling), negative when it points forward (sitting).
-        shin_back=float((knees[lower_knee] - feet[lower_knee]) @ facing),
-        feet_to_pelvis=max(horizontal(f, pelvis) for f in feet),  # the farther foot: small when the legs are folded in
-        low_hand_above_head=float(min(h[2] for h in hands.values()) - head[2]),
-        high_hand_above_head=float(max(h[2] for h in hands.values()) - head[2]),
-        hands_to_hips=max(math.dist(hands[side], hips[side]) for side in hands),  # the farther hand
-        # Positive when each hand is past the spine on the other side (the right hand on the left, and the left
-        # hand on the right): the smaller of the two crossings, so both arms must cross.
-        hands_crossed=min(leftward["right"], -leftward["left"]),
-    )
-
-
-# Each condition: (feature, "<" or ">", threshold, margin). The margin is the scale of the graded score
-# (pose_score): one margin beyond the threshold is about the value of a clearly wrong pose, where the
-# condition's share of the score reaches 0, so that the score still says "closer" up to there.
-# The robot's joint limits shape some poses: its hips cannot turn the shins flat onto the floor (no
-# true lotus: seated, upright, knees spread, feet drawn in is as close as it gets), its arms cross
-# only reaching forwards, and its elbows go back rather than out with the hands on the hips.
-STANDING = [
-    ("pelvis_height", ">", 0.7, 0.7),  # hips near standing height (0.87); kneeling upright 0.5, a squat ~0.5, sitting 0.15
-    ("torso_upright", ">", 0.8, 1.0),  # spine within ~37° of vertical: not bent over, not lying (0)
-]
-
-
-def legs(hip_x=None, hip_z=None, hip_y=None, knee=None) -> dict:
-    """The same joint angles (degrees) on both legs; None leaves a joint at the start pose's 0. The left
-    leg's axes mirror the right's, so equal angles make a symmetric pose: hip_x < 0 spreads a leg outwards,
-    hip_y < 0 lifts the thigh forwards, knee < 0 bends the knee (the shin goes back)."""
-    return {f"{side}_{joint}": angle for side in ("right", "left")
-            for joint, angle in (("hip_x", hip_x), ("hip_z", hip_z), ("hip_y", hip_y), ("knee", knee))
-            if angle is not None}
-
-
-def arms(shoulder1: float, shoulder2: float, elbow: float) -> dict:
-    """Symmetric arms from the right arm's angles (degrees): the left shoulder's axes are the right's
-    mirrored, so its angles change sign; the elbow's axis is mirrored and reversed, so its angle stays."""
-    return {"right_shoulder1": shoulder1, "right_shoulder2": shoulder2, "right_elbow": elbow,
-            "left_shoulder1": -shoulder1, "left_shoulder2": -shoulder2, "left_elbow": elbow}
-
-
-class Task(NamedTuple):
-    prompt: str  # the paper's goal prompt (Table 3); the baseline prompt is "a humanoid robot" for all
-    conditions: list  # (feature, "<" or ">", threshold, margin): all must hold for the pose
-    # A hand-built example of the pose, the end of the reward landscape's path (which starts at `start`):
-    # joint angles in degrees (the rest stay at the standing start pose's) and the trunk's pitch
-    # (degrees about the y axis; negative leans back).
-    pose: dict
-    pitch: float = 0.0
-    start: dict = {}
-
-
-SQUAT = legs(hip_y=-100, knee=-120)
-TASKS = {
-    "kneeling": Task("a humanoid robot kneeling", [
-        ("knee_low", "<", 0.15, 0.4),  # a knee on the floor (its joint rests at ~0.05-0.11; standing 0.42)
-        ("shin_back", ">", 0.2, 0.6),  # that knee's shin goes back from it, as when kneeling (0.3-0.4), not forward as when sitting
-        ("torso_upright", ">", 0.7, 1.0),  # spine within ~45° of vertical: not on all fours, not lying
-    ], pose=legs(knee=-90)),
-    "lotus-position": Task("a humanoid robot seated down, meditating in the lotus position", [
-        ("pelvis_height", "<", 0.18, 0.7),  # seated on the floor (0.11-0.15); squatting on the toes 0.22, on the heels 0.25
-        ("torso_upright", ">", 0.7, 1.0),  # sitting up, not lying back
-        ("knee_high", "<", 0.4, 0.4),  # both knees down at the sides (~0.3), not drawn up to the chest (~0.5)
-        ("knees_apart", ">", 0.4, 0.3),  # knees spread out, as in the lotus (together: 0.2)
-        ("feet_to_pelvis", "<", 0.45, 0.4),  # legs folded in, not stretched out in front (~0.75 straight)
-        ("shin_back", "<", 0.2, 0.3),  # shins folded in front or beside, not back under the body (kneeling: > 0.2)
-    ], pose={**legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160), "abdomen_y": -45}, pitch=-10),
-    "standing-up": Task("a humanoid robot standing up", STANDING, pose={}, start=SQUAT),  # from a squat
-    "arms-raised": Task("a humanoid robot standing up, with both arms raised", STANDING + [
-        ("low_hand_above_head", ">", 0.1, 0.5),  # both hands above the top of the head (head radius 0.09; at rest -0.13)
-    ], pose=arms(-85, 20, -90)),
-    "doing-splits": Task("a humanoid robot practicing gymnastics, doing the side splits", [
-        ("feet_apart", ">", 1.2, 1.0),  # legs spread wide (standing 0.18; each leg is 0.85 long from the hip)
-        ("pelvis_height", "<", 0.5, 0.4),  # hips dropped towards the floor (a wide stance with high hips is a straddle)
-        ("foot_high", "<", 0.5, 0.5),  # both feet low (a split tilted a little still counts), not a leg kicked up high
-        ("torso_upright", ">", 0.5, 1.0),  # trunk up, not lying on the back with the legs spread
-    ], pose=legs(hip_x=-25, hip_z=-60, hip_y=-80)),  # the hips spread only 25°: the thighs turn out and lift
-    "hands-on-hips": Task("a humanoid robot standing up with hands on hips", STANDING + [
-        ("hands_to_hips", "<", 0.15, 0.5),  # each hand at the outer side of its hip (~0.1 there; 0.6 at rest)
-    ], pose=arms(42.5, -75, -20)),
-    "arms-crossed": Task("a humanoid robot standing up, with its arms crossed", STANDING + [
-        # Each hand past the spine by more than its radius (0.04), so the forearms visibly cross (most they reach: 0.15).
-        ("hands_crossed", ">", 0.04, 0.3),
-        ("high_hand_above_head", "<", 0.0, 0.4),  # both hands below the head's centre: crossed in front, not overhead
-    ], pose=arms(60, 40, -90)),
-    "standing-on-one-leg": Task("a humanoid robot standing up on one leg", STANDING + [
-        ("foot_low", "<", 0.15, 0.3),  # one foot on the floor (centre 0.075 when resting on it)
-        ("foot_high", ">", 0.3, 0.3),  # the other lifted: its centre 0.3 m up, higher than a walking step
-    ], pose={"left_hip_y": -90, "left_knee": -100}),
-}
 
 
 INSIDE = 0.25  # the graded part is full only this many margins inside each threshold: it pulls on past the detector's boundary
@@ -465,6 +217,15 @@ def pose_score(features: dict, task: str) -> float:
     conditions = TASKS[task].conditions
     shares = [min(max((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0), 1.0) for c in conditions]
     return 0.5 * sum(shares) / len(shares) + 0.5 * in_pose(features, task)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: gymnasium's Humanoid (v5) as the paper set it up, in a realistic scene
+# ---------------------------------------------------------------------------------------------
+PAPER_CAMERA = {"distance": 3.5, "lookat": np.array([0.0, 0.0, 1.0]), "elevation": -10.0, "azimuth": 180.0}
+
+
+# The scene's generated textures and the XML rewrite (humanoid_xml, scene_file) are below main.
 
 
 class CLIPHumanoidEnv(HumanoidEnv):
@@ -1187,6 +948,259 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     write_results(run_dir, args, final, agent.state_dict())
     close_writer(writer, args)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: the realistic scene (generated textures, gymnasium's model rewritten)
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
+def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
+    noise = np.zeros((height, width))
+    for octave in range(octaves):
+        cells = base_cells * 2 ** octave
+        grid = rng.random((cells + 1, cells + 1))
+        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
+        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+        fy, fx = (ys - y0)[:, None], xs - x0
+        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
+    return (noise - noise.min()) / (noise.max() - noise.min())
+# ==== END SHARED BLOCK: value-noise ====
+
+
+def sky_texture(rng, face: int = 256) -> np.ndarray:
+    """A skybox in MuJoCo's 3x4 cross layout: blue sky fading to a pale horizon, soft clouds, grey ground."""
+    rows = np.linspace(0, 1, face)[:, None, None]  # 0 at the top of a side face, 1 at the horizon row
+    zenith, horizon = np.array([60, 110, 190]), np.array([190, 215, 240])
+
+    def clouds(strength):
+        cover = np.clip((value_noise(rng, face, face, base_cells=3) - 0.45) * 2.5, 0, 1)[..., None]
+        return cover * strength
+
+    def side():
+        upper = zenith + (horizon - zenith) * rows ** 0.7  # upper half of the face: sky
+        upper = upper * (1 - clouds(0.8)) + 250 * clouds(0.8)
+        lower = np.broadcast_to(horizon * 0.85, (face, face, 3))  # below the horizon: haze, seen past the floor
+        image = np.concatenate([upper, lower], axis=0)[::2]  # horizon in the middle of the face
+        return np.broadcast_to(image, (face, face, 3))
+
+    up = zenith * (1 - clouds(0.6)) + 250 * clouds(0.6)
+    down = np.broadcast_to(np.array([110, 110, 105]), (face, face, 3))
+    sheet = np.zeros((3 * face, 4 * face, 3))
+    for (row, col), tile in {(0, 1): up, (1, 0): side(), (1, 1): side(), (1, 2): side(), (1, 3): side(),
+                             (2, 1): down}.items():
+        sheet[row * face: (row + 1) * face, col * face: (col + 1) * face] = tile
+    return sheet.clip(0, 255).astype(np.uint8)
+
+
+def stone_texture(rng, size: int = 512, tiles: int = 4) -> np.ndarray:
+    """Square stone tiles of slightly different shades, grainy, with dark grout between them."""
+    tile = size // tiles
+    shades = rng.uniform(0.8, 1.1, (tiles, tiles))
+    shade = np.kron(shades, np.ones((tile, tile)))[..., None]
+    grain = 0.75 + 0.5 * value_noise(rng, size, size, base_cells=8)[..., None]
+    image = np.array([150, 140, 125]) * shade * grain
+    pos = np.arange(size) % tile
+    grout = (pos[:, None] < 3) | (pos[None, :] < 3)
+    image[grout] = (70, 65, 60)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def brushed_metal_texture(rng, size: int = 256) -> np.ndarray:
+    """Light grey with fine streaks along one direction, as left by brushing."""
+    streaks = rng.normal(0, 1, (size, 1)) * 0.5 + rng.normal(0, 1, (size, size)) * 0.15
+    streaks = np.cumsum(streaks, axis=1) / np.sqrt(np.arange(1, size + 1))  # stretched along x
+    image = 200 + 12 * (streaks - streaks.mean()) / streaks.std()
+    return np.repeat(image[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
+
+
+def humanoid_xml(textured: bool, frame_size, folder: str, fast_render: bool = False) -> str:
+    """gymnasium's humanoid.xml with an offscreen buffer of the frame size and, with `textured`, dressed as in
+    the paper. MuJoCo's visual defaults stay, as in the authors' model: the overhead light casts shadows and the
+    offscreen buffer multisamples 4x; `fast_render` turns both off. Writes the model and its textures into `folder`."""
+    from PIL import Image
+
+    source = os.path.join(os.path.dirname(gym.envs.mujoco.__file__), "assets", "humanoid.xml")
+    root = ET.parse(source).getroot()
+    visual = root.find("visual")
+    height, width = frame_size
+    ET.SubElement(visual, "global", offwidth=str(max(width, 64)), offheight=str(max(height, 64)))
+    if fast_render:  # shadows and multisampling cost most of a software-rendered frame (docs/faithfulness.md)
+        ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
+        for light in root.iter("light"):
+            light.set("castshadow", "false")
+    if textured:
+        rng = np.random.default_rng(0)  # the same scene every time
+        for name, image in (("sky.png", sky_texture(rng)), ("stone.png", stone_texture(rng)),
+                            ("metal.png", brushed_metal_texture(rng))):
+            Image.fromarray(image).save(os.path.join(folder, name))
+        asset = root.find("asset")
+        for element in list(asset):
+            asset.remove(element)
+        ET.SubElement(asset, "texture", name="sky", type="skybox", file="sky.png", gridsize="3 4",
+                      gridlayout=".U..LFRB.D..")
+        ET.SubElement(asset, "texture", name="stone", type="2d", file="stone.png")
+        ET.SubElement(asset, "texture", name="metal", type="cube", file="metal.png")
+        ET.SubElement(asset, "material", name="MatPlane", texture="stone", texrepeat="8 8", reflectance="0",
+                      specular="0.1", shininess="0.1")
+        ET.SubElement(asset, "material", name="geom", texture="metal", texuniform="true", specular="0.8",
+                      shininess="0.5", reflectance="0")
+        root.find("default").find("geom").set("rgba", "0.85 0.87 0.9 1")
+        for geom in root.iter("geom"):
+            if geom.get("name") == "floor":
+                geom.set("rgba", "1 1 1 1")
+        fog = visual.find("map")  # the stock fog greys out the horizon; the sky should show there
+        fog.attrib.pop("fogstart", None)
+        fog.attrib.pop("fogend", None)
+        ET.SubElement(visual, "headlight", ambient="0.35 0.35 0.35", diffuse="0.5 0.5 0.5")
+    path = os.path.join(folder, "humanoid_scene.xml")
+    ET.ElementTree(root).write(path)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def scene_file(textured: bool, frame_size: tuple, fast_render: bool = False) -> str:
+    """The scene's XML path, written once per process into a temporary folder removed at exit."""
+    folder = tempfile.mkdtemp(prefix="vlmrm_humanoid_")
+    atexit.register(shutil.rmtree, folder, True)
+    return humanoid_xml(textured, frame_size, folder, fast_render)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: the pose detectors of the paper's eight tasks (features, thresholds, hand-built poses)
+# ---------------------------------------------------------------------------------------------
+# The paper's success measure was a person watching videos: "in the goal pose for at least half of
+# the episode". Here a few geometric features of the robot's body stand in for the person's eyes.
+# Heights are in metres above the floor (z = 0); the robot faces +x. For scale, standing upright
+# with its feet on the floor: head 1.48, pelvis 0.87, knees 0.42, feet (sphere centres) 0.075;
+# an episode starts 0.1 m higher, with the feet in the air, and the robot drops onto them.
+# The thresholds were set on poses built by hand and checked by eye, and on random-action rollouts:
+# benchmarks/pose_contact_sheet.py shows what each detector accepts and its nearest misses, and
+# tests/test_pose.py checks the hand-built poses.
+HIP_HALF_WIDTH = 0.16  # the outer side of the hips, from the pelvis's centre (its capsule: half-length 0.07 + radius 0.09)
+
+
+def pose_features(data) -> dict[str, float]:
+    """Features of the robot's pose from MuJoCo's `data` (positions after mj_forward / a step).
+
+    Points: the head, hands and feet are the centres of their spheres; a knee is the origin of its
+    shin body (the knee joint); the torso's axes are its rotation matrix's columns (x forward, y to
+    the robot's left, z up along the spine).
+    """
+    head = data.geom("head").xpos
+    hands = {side: data.geom(f"{side}_hand").xpos for side in ("right", "left")}
+    feet = [data.geom(f"{side}_foot").xpos for side in ("right", "left")]
+    knees = [data.body(f"{side}_shin").xpos for side in ("right", "left")]
+    pelvis, pelvis_axes = data.body("pelvis").xpos, data.body("pelvis").xmat.reshape(3, 3)
+    torso_position, torso_axes = data.body("torso").xpos, data.body("torso").xmat.reshape(3, 3)
+    hips = {"right": pelvis - HIP_HALF_WIDTH * pelvis_axes[:, 1], "left": pelvis + HIP_HALF_WIDTH * pelvis_axes[:, 1]}
+    # The direction the hips face, along the floor (none when the pelvis faces up or down: lying).
+    facing = pelvis_axes[:, 0] * np.array([1.0, 1.0, 0.0])
+    facing = facing / math.hypot(*facing[:2]) if math.hypot(*facing[:2]) > 0.1 else np.zeros(3)
+    lower_knee = int(knees[1][2] < knees[0][2])  # 0: the right knee, 1: the left
+    # How far each hand is to the robot's left of the spine, in the torso's frame (turning or leaning does not change it).
+    leftward = {side: float((hand - torso_position) @ torso_axes[:, 1]) for side, hand in hands.items()}
+    horizontal = lambda a, b: math.hypot(a[0] - b[0], a[1] - b[1])  # noqa: E731
+    return dict(
+        head_height=float(head[2]),
+        pelvis_height=float(pelvis[2]),
+        torso_upright=float(torso_axes[2, 2]),  # cosine of the spine's tilt: 1 upright, 0 lying, -1 upside down
+        knee_low=float(min(k[2] for k in knees)), knee_high=float(max(k[2] for k in knees)),
+        foot_low=float(min(f[2] for f in feet)), foot_high=float(max(f[2] for f in feet)),
+        feet_apart=horizontal(*feet),
+        knees_apart=horizontal(*knees),
+        # How far the foot of the lower knee's leg lies behind that knee, in the direction the hips face: ~0.4
+        # when the shin lies on the floor behind the knee (kneeling), negative when it points forward (sitting).
+        shin_back=float((knees[lower_knee] - feet[lower_knee]) @ facing),
+        feet_to_pelvis=max(horizontal(f, pelvis) for f in feet),  # the farther foot: small when the legs are folded in
+        low_hand_above_head=float(min(h[2] for h in hands.values()) - head[2]),
+        high_hand_above_head=float(max(h[2] for h in hands.values()) - head[2]),
+        hands_to_hips=max(math.dist(hands[side], hips[side]) for side in hands),  # the farther hand
+        # Positive when each hand is past the spine on the other side (the right hand on the left, and the left
+        # hand on the right): the smaller of the two crossings, so both arms must cross.
+        hands_crossed=min(leftward["right"], -leftward["left"]),
+    )
+
+
+# Each condition: (feature, "<" or ">", threshold, margin). The margin is the scale of the graded score
+# (pose_score): one margin beyond the threshold is about the value of a clearly wrong pose, where the
+# condition's share of the score reaches 0, so that the score still says "closer" up to there.
+# The robot's joint limits shape some poses: its hips cannot turn the shins flat onto the floor (no
+# true lotus: seated, upright, knees spread, feet drawn in is as close as it gets), its arms cross
+# only reaching forwards, and its elbows go back rather than out with the hands on the hips.
+STANDING = [
+    ("pelvis_height", ">", 0.7, 0.7),  # hips near standing height (0.87); kneeling upright 0.5, a squat ~0.5, sitting 0.15
+    ("torso_upright", ">", 0.8, 1.0),  # spine within ~37° of vertical: not bent over, not lying (0)
+]
+
+
+def legs(hip_x=None, hip_z=None, hip_y=None, knee=None) -> dict:
+    """The same joint angles (degrees) on both legs; None leaves a joint at the start pose's 0. The left
+    leg's axes mirror the right's, so equal angles make a symmetric pose: hip_x < 0 spreads a leg outwards,
+    hip_y < 0 lifts the thigh forwards, knee < 0 bends the knee (the shin goes back)."""
+    return {f"{side}_{joint}": angle for side in ("right", "left")
+            for joint, angle in (("hip_x", hip_x), ("hip_z", hip_z), ("hip_y", hip_y), ("knee", knee))
+            if angle is not None}
+
+
+def arms(shoulder1: float, shoulder2: float, elbow: float) -> dict:
+    """Symmetric arms from the right arm's angles (degrees): the left shoulder's axes are the right's
+    mirrored, so its angles change sign; the elbow's axis is mirrored and reversed, so its angle stays."""
+    return {"right_shoulder1": shoulder1, "right_shoulder2": shoulder2, "right_elbow": elbow,
+            "left_shoulder1": -shoulder1, "left_shoulder2": -shoulder2, "left_elbow": elbow}
+
+
+class Task(NamedTuple):
+    prompt: str  # the paper's goal prompt (Table 3); the baseline prompt is "a humanoid robot" for all
+    conditions: list  # (feature, "<" or ">", threshold, margin): all must hold for the pose
+    # A hand-built example of the pose, the end of the reward landscape's path (which starts at `start`):
+    # joint angles in degrees (the rest stay at the standing start pose's) and the trunk's pitch
+    # (degrees about the y axis; negative leans back).
+    pose: dict
+    pitch: float = 0.0
+    start: dict = {}
+
+
+SQUAT = legs(hip_y=-100, knee=-120)
+TASKS = {
+    "kneeling": Task("a humanoid robot kneeling", [
+        ("knee_low", "<", 0.15, 0.4),  # a knee on the floor (its joint rests at ~0.05-0.11; standing 0.42)
+        ("shin_back", ">", 0.2, 0.6),  # that knee's shin goes back from it, as when kneeling (0.3-0.4), not forward as when sitting
+        ("torso_upright", ">", 0.7, 1.0),  # spine within ~45° of vertical: not on all fours, not lying
+    ], pose=legs(knee=-90)),
+    "lotus-position": Task("a humanoid robot seated down, meditating in the lotus position", [
+        ("pelvis_height", "<", 0.18, 0.7),  # seated on the floor (0.11-0.15); squatting on the toes 0.22, on the heels 0.25
+        ("torso_upright", ">", 0.7, 1.0),  # sitting up, not lying back
+        ("knee_high", "<", 0.4, 0.4),  # both knees down at the sides (~0.3), not drawn up to the chest (~0.5)
+        ("knees_apart", ">", 0.4, 0.3),  # knees spread out, as in the lotus (together: 0.2)
+        ("feet_to_pelvis", "<", 0.45, 0.4),  # legs folded in, not stretched out in front (~0.75 straight)
+        ("shin_back", "<", 0.2, 0.3),  # shins folded in front or beside, not back under the body (kneeling: > 0.2)
+    ], pose={**legs(hip_x=-25, hip_z=-60, hip_y=-90, knee=-160), "abdomen_y": -45}, pitch=-10),
+    "standing-up": Task("a humanoid robot standing up", STANDING, pose={}, start=SQUAT),  # from a squat
+    "arms-raised": Task("a humanoid robot standing up, with both arms raised", STANDING + [
+        ("low_hand_above_head", ">", 0.1, 0.5),  # both hands above the top of the head (head radius 0.09; at rest -0.13)
+    ], pose=arms(-85, 20, -90)),
+    "doing-splits": Task("a humanoid robot practicing gymnastics, doing the side splits", [
+        ("feet_apart", ">", 1.2, 1.0),  # legs spread wide (standing 0.18; each leg is 0.85 long from the hip)
+        ("pelvis_height", "<", 0.5, 0.4),  # hips dropped towards the floor (a wide stance with high hips is a straddle)
+        ("foot_high", "<", 0.5, 0.5),  # both feet low (a split tilted a little still counts), not a leg kicked up high
+        ("torso_upright", ">", 0.5, 1.0),  # trunk up, not lying on the back with the legs spread
+    ], pose=legs(hip_x=-25, hip_z=-60, hip_y=-80)),  # the hips spread only 25°: the thighs turn out and lift
+    "hands-on-hips": Task("a humanoid robot standing up with hands on hips", STANDING + [
+        ("hands_to_hips", "<", 0.15, 0.5),  # each hand at the outer side of its hip (~0.1 there; 0.6 at rest)
+    ], pose=arms(42.5, -75, -20)),
+    "arms-crossed": Task("a humanoid robot standing up, with its arms crossed", STANDING + [
+        # Each hand past the spine by more than its radius (0.04), so the forearms visibly cross (most they reach: 0.15).
+        ("hands_crossed", ">", 0.04, 0.3),
+        ("high_hand_above_head", "<", 0.0, 0.4),  # both hands below the head's centre: crossed in front, not overhead
+    ], pose=arms(60, 40, -90)),
+    "standing-on-one-leg": Task("a humanoid robot standing up on one leg", STANDING + [
+        ("foot_low", "<", 0.15, 0.3),  # one foot on the floor (centre 0.075 when resting on it)
+        ("foot_high", ">", 0.3, 0.3),  # the other lifted: its centre 0.3 m up, higher than a walking step
+    ], pose={"left_hip_y": -90, "left_knee": -100}),
+}
 
 
 # ---------------------------------------------------------------------------------------------
