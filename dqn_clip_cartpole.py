@@ -10,9 +10,10 @@ through goal-baseline projection with weight alpha.
     python dqn_clip_cartpole.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python dqn_clip_cartpole.py --reward ground-truth      # the RL half alone, no CLIP
 
-Top to bottom: arguments, the environment (the paper's changes, rendered at CLIP's input size), the
-CLIP reward, the replay buffer, the Q-network and its update, the training loop; below it the plumbing
-(flag checks, loading CLIP, logging, results and figures).
+Top to bottom, the method: the arguments (`Args`); the environment (`CLIPCartPoleEnv`: the paper's changes,
+rendered at CLIP's input size); the reward (`CLIPReward`); the replay buffer; the Q-network and its update
+(`dqn_update`); the reward landscape and evaluation; the loop (`main`). Below `main`: the plumbing (flag checks,
+loading CLIP, checkpoints, logging, results and figures).
 """
 
 import glob

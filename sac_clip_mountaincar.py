@@ -12,9 +12,11 @@ flat drawing CLIP cannot tell where the car is and the task fails (`--no-texture
     python sac_clip_mountaincar.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python sac_clip_mountaincar.py --reward ground-truth      # the RL half alone, no CLIP
 
-Top to bottom: arguments, the environment (the paper's changes and the picture-like renderer), the
-CLIP reward, the replay buffer, SAC (with generalized state-dependent exploration), the training loop;
-below it the plumbing (flag checks, loading CLIP, logging, results and figures).
+Top to bottom, the method: the arguments (`Args`); the environment (`CLIPMountainCarEnv`: the paper's changes
+and the car drawn on a picture-like scene); the reward (`CLIPReward`); the replay buffer; the update
+(`SoftActorCritic.update`, with generalized state-dependent exploration); the reward landscape and evaluation;
+the loop (`main`). Below `main`, for reference: the scene's static part (`draw_scene`, with its texture noise)
+and the plumbing (flag checks, loading CLIP, checkpoints, logging, results and figures).
 """
 
 import glob
@@ -156,21 +158,6 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
 # ---------------------------------------------------------------------------------------------
 # Environment: MountainCar as the paper set it up, drawn so that CLIP can see where the car is
 # ---------------------------------------------------------------------------------------------
-# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
-def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
-    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
-    noise = np.zeros((height, width))
-    for octave in range(octaves):
-        cells = base_cells * 2 ** octave
-        grid = rng.random((cells + 1, cells + 1))
-        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
-        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
-        fy, fx = (ys - y0)[:, None], xs - x0
-        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
-        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
-        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
-    return (noise - noise.min()) / (noise.max() - noise.min())
-# ==== END SHARED BLOCK: value-noise ====
 
 
 class CLIPMountainCarEnv(Continuous_MountainCarEnv):
@@ -259,37 +246,7 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
 
     def draw_scene(self) -> np.ndarray:
-        """The static scene (H, W, 3) uint8: sky, hills, the textured mountain, the flag."""
-        height, width = self.frame_size
-        rng = np.random.default_rng(0)  # the same picture every time
-        rows = np.arange(height)[:, None] / height
-        sky = np.array([70, 130, 205]) * (1 - rows[..., None]) + np.array([200, 225, 245]) * rows[..., None]
-        image = np.broadcast_to(sky, (height, width, 3)).copy()
-
-        columns = np.arange(width) + 0.5
-        world_x = self.min_position + columns / width * (self.max_position - self.min_position)
-        _, surface_row = self.to_pixels(world_x, self._height(world_x))
-        hills_row = height * (0.42 + 0.06 * np.sin(world_x * 4.0 + 1.0) + 0.03 * np.sin(world_x * 11.0))
-        depth = np.arange(height)[:, None] - surface_row[None, :]  # pixels below the track surface
-        texture = value_noise(rng, height, width)
-        hills = np.arange(height)[:, None] >= hills_row[None, :]
-        image[hills] = (np.array([120, 150, 165]) * (0.85 + 0.3 * texture[..., None]))[hills]
-        rock = np.array([115, 95, 75]) * (0.6 + 0.7 * texture[..., None])
-        strata = 0.9 + 0.1 * np.sin(depth[..., None] * 0.9 + 6 * texture[..., None])
-        grass = np.array([70, 140, 55]) * (0.75 + 0.5 * texture[..., None])
-        ground = np.where((depth < 0.035 * height)[..., None], grass, rock * strata)
-        image[depth >= 0] = ground[depth >= 0]
-
-        # The flag: a dark pole rising from the track at the goal, a yellow cloth at its top.
-        fx, fy = self.to_pixels(self.goal_position, self._height(self.goal_position))
-        pole_top = fy - 0.13 * height
-        fx, pole_width = int(round(fx)), max(1, width // 150)
-        image[int(pole_top): int(fy), fx - pole_width // 2: fx + pole_width // 2 + 1] = (60, 60, 60)
-        cloth_rows = np.arange(int(pole_top), int(pole_top + 0.06 * height))
-        for r in cloth_rows:
-            half = 1 - abs((r - pole_top) / (0.03 * height) - 1)  # triangle pointing right
-            image[r, fx + 1: fx + 1 + int(0.09 * width * half)] = (245, 205, 20)
-        return image.clip(0, 255).astype(np.uint8)
+        return draw_scene(self)  # below main, with the texture noise: sky, hills, the textured mountain, the flag
 
 
 def make_env(episode_length: int, frame_size=(224, 224), textured: bool = True):
@@ -776,6 +733,61 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     write_results(run_dir, args, final, agent.state_dict())
     close_writer(writer, args)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: the realistic scene's static part (sky, hills, the textured mountain, the flag)
+# ---------------------------------------------------------------------------------------------
+# ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
+def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1]: random grids from coarse to fine, bilinearly upsampled and summed."""
+    noise = np.zeros((height, width))
+    for octave in range(octaves):
+        cells = base_cells * 2 ** octave
+        grid = rng.random((cells + 1, cells + 1))
+        ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
+        y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+        fy, fx = (ys - y0)[:, None], xs - x0
+        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+        noise += (top * (1 - fy) + bottom * fy) / 2 ** octave
+    return (noise - noise.min()) / (noise.max() - noise.min())
+# ==== END SHARED BLOCK: value-noise ====
+
+
+def draw_scene(env) -> np.ndarray:
+    """The static part of the textured frame of `env` (a CLIPMountainCarEnv), (H, W, 3) uint8: sky, hills, the textured
+    mountain, the flag."""
+    height, width = env.frame_size
+    rng = np.random.default_rng(0)  # the same picture every time
+    rows = np.arange(height)[:, None] / height
+    sky = np.array([70, 130, 205]) * (1 - rows[..., None]) + np.array([200, 225, 245]) * rows[..., None]
+    image = np.broadcast_to(sky, (height, width, 3)).copy()
+
+    columns = np.arange(width) + 0.5
+    world_x = env.min_position + columns / width * (env.max_position - env.min_position)
+    _, surface_row = env.to_pixels(world_x, env._height(world_x))
+    hills_row = height * (0.42 + 0.06 * np.sin(world_x * 4.0 + 1.0) + 0.03 * np.sin(world_x * 11.0))
+    depth = np.arange(height)[:, None] - surface_row[None, :]  # pixels below the track surface
+    texture = value_noise(rng, height, width)
+    hills = np.arange(height)[:, None] >= hills_row[None, :]
+    image[hills] = (np.array([120, 150, 165]) * (0.85 + 0.3 * texture[..., None]))[hills]
+    rock = np.array([115, 95, 75]) * (0.6 + 0.7 * texture[..., None])
+    strata = 0.9 + 0.1 * np.sin(depth[..., None] * 0.9 + 6 * texture[..., None])
+    grass = np.array([70, 140, 55]) * (0.75 + 0.5 * texture[..., None])
+    ground = np.where((depth < 0.035 * height)[..., None], grass, rock * strata)
+    image[depth >= 0] = ground[depth >= 0]
+
+    # The flag: a dark pole rising from the track at the goal, a yellow cloth at its top.
+    fx, fy = env.to_pixels(env.goal_position, env._height(env.goal_position))
+    pole_top = fy - 0.13 * height
+    fx, pole_width = int(round(fx)), max(1, width // 150)
+    image[int(pole_top): int(fy), fx - pole_width // 2: fx + pole_width // 2 + 1] = (60, 60, 60)
+    cloth_rows = np.arange(int(pole_top), int(pole_top + 0.06 * height))
+    for r in cloth_rows:
+        half = 1 - abs((r - pole_top) / (0.03 * height) - 1)  # triangle pointing right
+        image[r, fx + 1: fx + 1 + int(0.09 * width * half)] = (245, 205, 20)
+    return image.clip(0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
