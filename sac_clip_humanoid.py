@@ -20,9 +20,10 @@ here pose detectors (a few thresholds on body-part positions, one set per task) 
 Top to bottom, the method: the arguments (`Args`); the task's success (`in_pose`, and `pose_score`, the reward
 of `--reward pose`); the environment (`CLIPHumanoidEnv`: the paper's changes and camera); the reward
 (`CLIPReward`); the replay buffer; the update (`SoftActorCritic.update`); the reward landscape and evaluation;
-the loop (`main`). Below `main`, for reference: the scene's generated textures and XML rewrite, the pose
-detectors' features, thresholds and hand-built poses (`TASKS`), and the plumbing (flag checks, loading CLIP,
-checkpoints, logging, results, figures).
+the loop (`main`). Below `main`, the run's bookkeeping (start-up, evaluation logging, checkpoints, final
+results) and, for reference: the scene's generated textures and XML rewrite, the pose detectors' features,
+thresholds and hand-built poses (`TASKS`), and the plumbing (flag checks, loading CLIP, checkpoints, logging,
+results, figures).
 """
 
 import atexit
@@ -745,49 +746,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     judged = args.reward != "ground-truth"  # the task's pose detector judges every step (CLIP and pose runs)
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
-    other_task = [name for name, task in TASKS.items() if args.prompt == (task.prompt,) and name != args.task]
-    if uses_clip and other_task:
-        print(f"note: --prompt is the paper's prompt for --task {other_task[0]}, but the {args.task} detector "
-              f"judges success; add --task {other_task[0]} to judge it as that task.")
-    gl_renderer = require_gl()
-    require_configured_camera(args.camera)
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
-        torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"MuJoCo renders with OpenGL: {gl_renderer} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
-    if warning := software_gl_warning(gl_renderer, device):
-        print(warning)
-    if uses_clip and reward_model is None:
-        reward_model = load_clip_reward(args, device)
+    device, reward_model = start_up(args, reward_model)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
     writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
-    baselines = action_baselines(args) if judged and args.baseline_episodes else {}  # the lines every learning curve is read against
-    if baselines:
-        print(f"baselines on the {args.task} detector: " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
-    if not state:  # a resumed run logged them when it began
-        for name, value in baselines.items():
-            writer.add_scalar(f"baselines/{name}", value, 0)
-
+    baselines = log_baselines(args, writer, logged_before=bool(state))  # what every learning curve is read against
     if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
-        fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
-                                                    args.landscape_points, args.fast_render)
-        rewards = reward_model(frames).cpu().numpy()
-        origin = "a squat" if TASKS[args.task].start else "standing"
-        writer.add_figure("reward_landscape", plot_reward_landscape(
-            fractions, rewards, posed, f"joint angles from {origin} (0) to the {args.task} pose (1)",
-            f"{args.task} (detector)", f"{args.prompt[0]!r}, alpha={args.alpha}",
-            os.path.join(run_dir, "reward_landscape.png")))
-        gap = rewards[posed].mean() - rewards[~posed].mean()
-        writer.add_scalar("landscape/in_pose_minus_out", gap, 0)
-        scene = ["--task", args.task, "--camera", args.camera] + ["--no-textured"] * (not args.textured) + [
-            "--fast-render"] * args.fast_render
-        print(f"reward landscape: mean CLIP reward in the {args.task} pose - out of it = {gap:.4g} (positive: the prompt "
-              f"can work); on ~2,000 labelled states, with other prompts and alphas: "
-              f"{reward_report_command('humanoid', args, args.prompt, *scene)}")
-        estimate_run_time(reward_model, frames, args)
+        log_reward_landscape(args, reward_model, frame_size, writer, run_dir)
 
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
@@ -804,32 +770,6 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     # its steps in the pose, and success is the paper's: in the pose for at least half of the episode. Walking
     # (ground-truth runs) has no success criterion.
     is_success = (lambda steps_in_pose, length: steps_in_pose >= SUCCESS_FRACTION * length) if judged else None
-
-    def evaluate_and_show(count: int, seed: int) -> list:
-        """Deterministic episodes, logged as eval/*; the first is saved as an image strip (and a GIF with
-        --capture-video) where frames can be rendered."""
-        results = evaluate(actor, reward_model, args, device, count, seed)
-        for tag, key, logged in [("success_rate", "success", judged), ("pose_fraction", "pose_fraction", judged),
-                                 ("clip_return", "clip_return", uses_clip),
-                                 ("last_frame_clip_reward", "last_frame_clip_reward", uses_clip),
-                                 ("episodic_return", "true_return", not judged)]:
-            if results and logged:
-                writer.add_scalar(f"eval/{tag}", np.mean([r[key] for r in results]), global_step)
-        if results and judged:  # the episodes start only reset noise (0.01) apart: do they differ at all?
-            fractions = [r["pose_fraction"] for r in results]
-            writer.add_scalar("eval/distinct_pose_fractions", len(set(fractions)), global_step)
-            writer.add_scalar("eval/pose_fraction_spread", max(fractions) - min(fractions), global_step)
-        if results and results[0]["frames"]:
-            from PIL import Image
-
-            strip = image_strip(results[0]["frames"], results[0]["clip_rewards"], results[0]["in_pose"])
-            writer.add_image("eval/episode_strip", strip, global_step, dataformats="HWC")
-            os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
-            Image.fromarray(strip).save(os.path.join(run_dir, "strips", f"eval_step{global_step}.png"))
-            if args.capture_video:
-                save_video(results[0]["frames"], results[0]["clip_rewards"],
-                           os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"), args.track)
-        return results
 
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
@@ -896,18 +836,11 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             for _ in range(updates_owed - updates_done):
                 losses = agent.update(*rb.sample(args.batch_size))
             updates_done = updates_owed
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            if args.sde:
-                writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
-            recent = f", success (last 10 episodes) {np.mean(successes):.2f}" if successes else ""
-            print(f"{progress(global_step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
-                  f"q {losses['q_values']:.4g}{recent}", flush=True)
+            log_training_phase(writer, args, actor, losses, successes, global_step, start_step, start_time)
 
         if global_step >= next_eval and global_step > args.learning_starts:
-            evaluate_and_show(max(args.eval_episodes, 1), args.seed)
+            evaluate_and_log(actor, reward_model, args, device, writer, run_dir, max(args.eval_episodes, 1),
+                             args.seed, global_step)
             next_eval = global_step + args.video_interval
 
         # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
@@ -921,23 +854,140 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                 losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
-                print(f"stopped at step {global_step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
-                      f"--resume {run_dir}", flush=True)
-                close_writer(writer, args)
-                stop.close()
-                raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+                stop_run(stop, writer, args, run_dir, global_step)
     stop.close()
     envs.close()
     sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
 
-    results = evaluate_and_show(args.eval_episodes, args.seed + 10_000)
+    results = evaluate_and_log(actor, reward_model, args, device, writer, run_dir, args.eval_episodes,
+                               args.seed + 10_000, global_step)
+    final = final_results(results, args, successes, losses, baselines, rb, reward_model, global_step=global_step,
+                          gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
+                          wall_seconds=seconds_before + time.time() - start_time)
+    write_results(run_dir, args, final, agent.state_dict())
+    close_writer(writer, args)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Run bookkeeping, below the method: start-up, evaluation logging, checkpoints, final results
+# ---------------------------------------------------------------------------------------------
+def start_up(args, reward_model: CLIPReward | None):
+    """The checks and settings a run needs before anything is built; returns (device, reward model)."""
+    uses_clip = args.reward == "clip"
+    other_task = [name for name, task in TASKS.items() if args.prompt == (task.prompt,) and name != args.task]
+    if uses_clip and other_task:
+        print(f"note: --prompt is the paper's prompt for --task {other_task[0]}, but the {args.task} detector "
+              f"judges success; add --task {other_task[0]} to judge it as that task.")
+    gl_renderer = require_gl()
+    require_configured_camera(args.camera)
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"MuJoCo renders with OpenGL: {gl_renderer} (MUJOCO_GL={os.environ['MUJOCO_GL']})")
+    if warning := software_gl_warning(gl_renderer, device):
+        print(warning)
+    if uses_clip and reward_model is None:
+        reward_model = load_clip_reward(args, device)
+    return device, reward_model
+
+
+def log_baselines(args, writer, logged_before: bool) -> dict:
+    """The zero- and random-action figures on the task's detector, printed and (once per run) logged: a learned
+    pose counts only where it beats them."""
+    judged = args.reward != "ground-truth"
+    baselines = action_baselines(args) if judged and args.baseline_episodes else {}
+    if baselines:
+        print(f"baselines on the {args.task} detector: " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
+    if not logged_before:  # a resumed run logged them when it began
+        for name, value in baselines.items():
+            writer.add_scalar(f"baselines/{name}", value, 0)
+    return baselines
+
+
+def log_reward_landscape(args, reward_model, frame_size, writer, run_dir: str):
+    """Before training, the reward landscape (does the prompt rank the goal pose highest?) and the run's time
+    estimate, logged and printed so that a prompt that cannot work shows before the run is paid for."""
+    fractions, frames, posed = landscape_frames(args.task, frame_size, args.textured, args.camera,
+                                                args.landscape_points, args.fast_render)
+    rewards = reward_model(frames).cpu().numpy()
+    origin = "a squat" if TASKS[args.task].start else "standing"
+    writer.add_figure("reward_landscape", plot_reward_landscape(
+        fractions, rewards, posed, f"joint angles from {origin} (0) to the {args.task} pose (1)",
+        f"{args.task} (detector)", f"{args.prompt[0]!r}, alpha={args.alpha}",
+        os.path.join(run_dir, "reward_landscape.png")))
+    gap = rewards[posed].mean() - rewards[~posed].mean()
+    writer.add_scalar("landscape/in_pose_minus_out", gap, 0)
+    scene = ["--task", args.task, "--camera", args.camera] + ["--no-textured"] * (not args.textured) + [
+        "--fast-render"] * args.fast_render
+    print(f"reward landscape: mean CLIP reward in the {args.task} pose - out of it = {gap:.4g} (positive: the prompt "
+          f"can work); on ~2,000 labelled states, with other prompts and alphas: "
+          f"{reward_report_command('humanoid', args, args.prompt, *scene)}")
+    estimate_run_time(reward_model, frames, args)
+
+
+def evaluate_and_log(actor, reward_model, args, device, writer, run_dir: str, count: int, seed: int,
+                     step: int) -> list:
+    """Deterministic episodes, logged as eval/*; the first is saved as an image strip (and a GIF with
+    --capture-video) where frames can be rendered."""
+    judged, uses_clip = args.reward != "ground-truth", args.reward == "clip"
+    results = evaluate(actor, reward_model, args, device, count, seed)
+    for tag, key, logged in [("success_rate", "success", judged), ("pose_fraction", "pose_fraction", judged),
+                             ("clip_return", "clip_return", uses_clip),
+                             ("last_frame_clip_reward", "last_frame_clip_reward", uses_clip),
+                             ("episodic_return", "true_return", not judged)]:
+        if results and logged:
+            writer.add_scalar(f"eval/{tag}", np.mean([r[key] for r in results]), step)
+    if results and judged:  # the episodes start only reset noise (0.01) apart: do they differ at all?
+        fractions = [r["pose_fraction"] for r in results]
+        writer.add_scalar("eval/distinct_pose_fractions", len(set(fractions)), step)
+        writer.add_scalar("eval/pose_fraction_spread", max(fractions) - min(fractions), step)
+    if results and results[0]["frames"]:
+        from PIL import Image
+
+        strip = image_strip(results[0]["frames"], results[0]["clip_rewards"], results[0]["in_pose"])
+        writer.add_image("eval/episode_strip", strip, step, dataformats="HWC")
+        os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
+        Image.fromarray(strip).save(os.path.join(run_dir, "strips", f"eval_step{step}.png"))
+        if args.capture_video:
+            save_video(results[0]["frames"], results[0]["clip_rewards"],
+                       os.path.join(run_dir, "videos", f"eval_step{step}.gif"), args.track)
+    return results
+
+
+def log_training_phase(writer, args, actor, losses: dict, successes, step: int, start_step: int, start_time: float):
+    """After each training phase: the losses, the speed (this session's) and gSDE's sigma logged, and the run's
+    progress line."""
+    sps = int((step - start_step) / (time.time() - start_time))
+    for name, value in losses.items():
+        writer.add_scalar(f"losses/{name}", value, step)
+    writer.add_scalar("charts/SPS", sps, step)
+    if args.sde:
+        writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), step)
+    recent = f", success (last 10 episodes) {np.mean(successes):.2f}" if successes else ""
+    print(f"{progress(step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
+          f"q {losses['q_values']:.4g}{recent}", flush=True)
+
+
+def stop_run(stop, writer, args, run_dir: str, step: int):
+    """SIGTERM or Ctrl-C, once the checkpoint is written: say how to go on, close the log and exit (143 or 130)."""
+    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+          f"--resume {run_dir}", flush=True)
+    close_writer(writer, args)
+    stop.close()
+    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+
+
+def final_results(results: list, args, successes, losses: dict, baselines: dict, rb, reward_model, **run) -> dict:
+    """The run's final figures (the final evaluation's, training's and `run`'s: steps, speed, time), printed in one
+    line; results.json and run_all.sh's summary read them."""
+    judged, uses_clip = args.reward != "ground-truth", args.reward == "clip"
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(eval_success_rate=mean("success"), eval_pose_fraction=mean("pose_fraction"),
                  train_success_rate_last10=np.mean(successes) if successes else np.nan,
                  eval_episodic_return=mean("true_return"), eval_clip_return=mean("clip_return"),
-                 eval_last_frame_clip_reward=mean("last_frame_clip_reward"), **losses, global_step=global_step,
-                 gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
-                 wall_seconds=seconds_before + time.time() - start_time,
+                 eval_last_frame_clip_reward=mean("last_frame_clip_reward"), **losses, **run,
                  epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
                  precision=reward_model.precision if uses_clip else None, **baselines)
     success = (f"success rate {final['eval_success_rate']:.2f} (in the {args.task} pose for at least half of the "
@@ -945,8 +995,6 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     clip = (f", CLIP return {final['eval_clip_return']:.4g}, last-frame CLIP reward "
             f"{final['eval_last_frame_clip_reward']:.4g}" if uses_clip else "")
     print(f"eval: {success}return {final['eval_episodic_return']:.1f}{clip}")
-    write_results(run_dir, args, final, agent.state_dict())
-    close_writer(writer, args)
     return final
 
 
