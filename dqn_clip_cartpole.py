@@ -12,8 +12,9 @@ through goal-baseline projection with weight alpha.
 
 Top to bottom, the method: the arguments (`Args`); the environment (`CLIPCartPoleEnv`: the paper's changes,
 rendered at CLIP's input size); the reward (`CLIPReward`); the replay buffer; the Q-network and its update
-(`dqn_update`); the reward landscape and evaluation; the loop (`main`). Below `main`: the plumbing (flag checks,
-loading CLIP, checkpoints, logging, results and figures).
+(`dqn_update`); the loop (`main`). Below `main`: the run's bookkeeping (start-up checks and the reward landscape,
+resuming, logging, stopping, final results); for reference, the cart's motion with the walls and its drawing, the
+landscape's frames and greedy evaluation; the plumbing (flag checks, loading CLIP, checkpoints, logs, figures).
 """
 
 import glob
@@ -140,16 +141,6 @@ class Args:
     """greedy evaluation episodes at the end of training (0: no final evaluation)"""
 
 
-# Allowed values of the numeric flags, checked before anything is loaded.
-RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
-              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]",
-              target_network_frequency="[1, inf)", batch_size="[1, inf)", start_e="[0, 1]", end_e="[0, 1]",
-              exploration_fraction="(0, 1]", learning_starts="[0, inf)", train_frequency="[1, inf)",
-              gradient_steps="[1, inf)", max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[0, inf)",
-              landscape_points="[2, inf)", checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
-
-
 # ---------------------------------------------------------------------------------------------
 # Environment: CartPole as the paper set it up
 # ---------------------------------------------------------------------------------------------
@@ -176,32 +167,7 @@ class CLIPCartPoleEnv(CartPoleEnv):
             np.array([self.x_threshold, np.inf, np.pi, np.inf], dtype=np.float32))
 
     def step(self, action):
-        # gymnasium's CartPole equations of motion (Euler integration), written out so that the wall
-        # can act on them.
-        x, x_dot, theta, theta_dot = self.state
-        force = self.force_mag if action == 1 else -self.force_mag
-        sin, cos = np.sin(theta), np.cos(theta)
-        temp = (force + self.polemass_length * theta_dot**2 * sin) / self.total_mass
-        theta_acc = (self.gravity * sin - cos * temp) / (
-            self.length * (4.0 / 3.0 - self.masspole * cos**2 / self.total_mass))
-        x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
-        wall = np.sign(x) if abs(x) >= self.x_threshold else 0.0  # +1 / -1 while at the right / left wall
-        if x_acc * wall > 0 and x_dot * wall >= 0:
-            # At rest against the wall and pushed into it: the wall holds the cart, and the pole swings
-            # about a fixed pivot (a uniform rod of half-length l: θ'' = 3 g sin θ / 4l). Pushed away,
-            # or already moving away, the cart follows gymnasium's free equations.
-            x_acc, theta_acc = 0.0, 3.0 * self.gravity * sin / (4.0 * self.length)
-        x, x_dot = x + self.tau * x_dot, x_dot + self.tau * x_acc
-        theta, theta_dot = theta + self.tau * theta_dot, theta_dot + self.tau * theta_acc
-        if abs(x) > self.x_threshold:
-            # The cart hits the wall (inelastic): it stops there, and the sudden stop of the pivot passes
-            # to the pole (angular momentum about the pivot is conserved through the impact).
-            x = float(np.clip(x, -self.x_threshold, self.x_threshold))
-            if x_dot * np.sign(x) > 0:
-                theta_dot += 3.0 * np.cos(theta) * x_dot / (4.0 * self.length)
-                x_dot = 0.0
-        theta = (theta + np.pi) % (2 * np.pi) - np.pi
-        self.state = np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
+        self.state = move_with_walls(self, action)  # gymnasium's equations of motion, with the walls (below main)
         upright = self.is_upright()
         return np.array(self.state, dtype=np.float32), float(upright), False, False, {"upright": upright}
 
@@ -220,34 +186,8 @@ class CLIPCartPoleEnv(CartPoleEnv):
         self.state = np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
 
     def render(self):
-        """gymnasium's 600x400 scene drawn straight at the frame size, stretched as the authors resized it."""
-        import pygame
-        from pygame import gfxdraw
-
-        height, width = self.frame_size
-        sx, sy = width / 600, height / 400  # stock-scene coordinates -> frame pixels
-        scale = 600 / (2 * self.x_threshold)  # stock pixels per metre
-        x, _, theta, _ = self.state
-        cart_x, cart_y = x * scale + 300, 100  # stock coordinates, y up from the bottom
-        axle_y, pole_len, pole_w = cart_y + 30 / 4, scale * 2 * self.length, 10
-
-        def polygon(points, color):  # y up -> y down, stretched to the frame
-            points = [(px * sx, (400 - py) * sy) for px, py in points]
-            gfxdraw.aapolygon(surf, points, color)
-            gfxdraw.filled_polygon(surf, points, color)
-
-        surf = pygame.Surface((width, height))
-        surf.fill((255, 255, 255))
-        gfxdraw.hline(surf, 0, width, int((400 - cart_y) * sy), (0, 0, 0))
-        polygon([(cart_x + dx, cart_y + dy) for dx, dy in ((-25, -15), (-25, 15), (25, 15), (25, -15))], (0, 0, 0))
-        c, s = np.cos(theta), np.sin(theta)  # theta > 0: the pole leans right
-        corners = ((-pole_w / 2, -pole_w / 2), (-pole_w / 2, pole_len - pole_w / 2),
-                   (pole_w / 2, pole_len - pole_w / 2), (pole_w / 2, -pole_w / 2))
-        polygon([(cart_x + px * c + py * s, axle_y - px * s + py * c) for px, py in corners], (202, 152, 101))
-        ax, ay, rx, ry = cart_x * sx, (400 - axle_y) * sy, max(1, int(pole_w / 2 * sx)), max(1, int(pole_w / 2 * sy))
-        gfxdraw.aaellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
-        gfxdraw.filled_ellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
-        return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
+        """gymnasium's 600x400 scene drawn at the frame size, stretched as the authors resized it (below main)."""
+        return draw_cartpole(self)
 
 
 def make_env(episode_length: int, frame_size=(224, 224)):
@@ -393,74 +333,19 @@ def polyak_update(network, target_network, tau: float):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward landscape (the paper's figure 2) and evaluation
-# ---------------------------------------------------------------------------------------------
-def landscape_frames(frame_size, angles):
-    """Frames of the cart at the centre, at rest, with the pole at each angle, and which are upright."""
-    env, frames, upright = CLIPCartPoleEnv(frame_size), [], []
-    for angle in angles:
-        env.set_state(theta=float(angle))
-        frames.append(env.render())
-        upright.append(env.is_upright())
-    return np.stack(frames), np.array(upright)
-
-
-def evaluate(q_network, reward_model, args, device, episodes: int, seed: int) -> list:
-    """Greedy episodes (no exploration): per episode its success, returns, and frames and CLIP rewards."""
-    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224))()
-    results = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        frames, true_return, done = [], 0.0, False
-        while not done:
-            with torch.no_grad():
-                action = q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            true_return, done = true_return + reward, terminated or truncated
-            if reward_model is not None or args.capture_video:
-                frames.append(env.render())
-        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
-        results.append(dict(success=float(true_return == args.episode_length), true_return=true_return,
-                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
-                            frames=frames, clip_rewards=clip_rewards))
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
     args = resumed_args(Args, state, args.resume) if state else args
-    check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
-    if args.end_e > args.start_e:
-        fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from one to the other.")
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
-        torch.set_num_threads(args.torch_threads)
+    flags = check_flags_and_seed(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)
     uses_clip = reward_model is not None
     frame_size = reward_model.image_size if uses_clip else (224, 224)
-    run_name = f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
-    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
-
-    if uses_clip and not state:  # the reward landscape: does the prompt rank upright poles above fallen ones?
-        angles = np.linspace(-0.5, 0.5, args.landscape_points)
-        frames, upright = landscape_frames(frame_size, angles)
-        rewards = reward_model(frames).cpu().numpy()
-        writer.add_figure("reward_landscape", plot_reward_landscape(
-            angles, rewards, upright, "pole angle (rad)", "upright (ground truth)",
-            f"{args.prompt[0]!r}, alpha={args.alpha}", os.path.join(run_dir, "reward_landscape.png")))
-        gap = rewards[upright].mean() - rewards[~upright].mean()
-        writer.add_scalar("landscape/upright_minus_fallen", gap, 0)
-        print(f"reward landscape: mean CLIP reward upright - fallen = {gap:.4g} (positive: the prompt can work); on "
-              f"a grid of labelled states, with other prompts and alphas: {reward_report_command('cartpole', args, args.prompt)}")
-        estimate_run_time(reward_model, frames, args)
+    run_dir, writer = open_run(args, state, reward_model)  # and, starting a CLIP run, its reward landscape
 
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
@@ -478,21 +363,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    global_step, rollouts_done, updates_done, target_updates_done, next_video, losses = 0, 0, 0, 0, 0, {}
-    learning_starts, updates_before = args.learning_starts, 0
+    counters, losses, learning_starts, updates_before = (0, 0, 0, 0, 0), {}, args.learning_starts, 0
     if state:  # everything as it was at the checkpoint
-        q_network.load_state_dict(state["q_network"])
-        target_network.load_state_dict(state["target_network"])
-        optimizer.load_state_dict(state["optimizer"])
-        global_step, rollouts_done, updates_done, target_updates_done, next_video = state["counters"]
-        obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-        successes = deque(state["successes"], maxlen=10)
-        restore_random_and_env_state(state, envs, rb)
-        if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
-            obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-            learning_starts, updates_before = global_step + args.learning_starts, updates_done
+        counters, obs, episode_slots, successes, losses, learning_starts, updates_before = restore_run(
+            state, args, envs, rb, q_network, target_network, optimizer)
+    global_step, rollouts_done, updates_done, target_updates_done, next_video = counters
     stop, start_time, start_step = StopRequests(), time.time(), global_step
     seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
+    elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
     checkpoints_done = global_step // args.checkpoint_interval
     while global_step < args.total_timesteps:
         decay = global_step / (args.exploration_fraction * args.total_timesteps)  # from start-e to end-e, then flat
@@ -538,12 +416,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 losses = dqn_update(q_network, target_network, optimizer, rb.sample(args.batch_size), args.gamma,
                                     args.max_grad_norm)
             updates_done = updates_owed
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            for name, value in {**losses, "epsilon": epsilon, "SPS": sps}.items():
-                writer.add_scalar(f"losses/{name}" if name in losses else f"charts/{name}", value, global_step)
-            recent = f"{np.mean(successes):.2f}" if successes else "-"
-            print(f"{progress(global_step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4f}, "
-                  f"success (last 10 episodes) {recent}", flush=True)
+            log_training_phase(writer, args, global_step, losses, epsilon, successes,
+                               sps=int((global_step - start_step) / (time.time() - start_time)))
 
         # Target network: a Polyak step every `target-network-frequency` transitions. (SB3 makes at most one per
         # vector step, every max(interval // num_envs, 1) of them: the same as here with up to 8 envs.)
@@ -552,9 +426,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             target_updates_done += 1
 
         if args.capture_video and global_step >= next_video:
-            episode = evaluate(q_network, reward_model, args, device, 1, args.seed)[0]
-            save_video(episode["frames"], episode["clip_rewards"],
-                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"), args.track)
+            save_eval_video(q_network, reward_model, args, device, run_dir, global_step)
             next_video += args.video_interval
 
         # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
@@ -563,38 +435,223 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                              or global_step >= args.total_timesteps):
             checkpoints_done = global_step // args.checkpoint_interval
             save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, seconds=seconds_before + time.time() - start_time,
+                args=flags, global_step=global_step, seconds=elapsed(),
                 counters=(global_step, rollouts_done, updates_done, target_updates_done, next_video),
                 q_network=q_network.state_dict(), target_network=target_network.state_dict(),
                 optimizer=optimizer.state_dict(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                 losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
-                print(f"stopped at step {global_step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
-                      f"--resume {run_dir}", flush=True)
-                close_writer(writer, args)
-                stop.close()
-                raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     stop.close()
     envs.close()
-    sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
+    sps = global_step / elapsed()  # training only: not the final evaluation
+    return final_results(args, q_network, reward_model, device, rb, writer, successes, elapsed, dict(
+        **losses, global_step=global_step, gradient_steps_done=updates_done, target_updates_done=target_updates_done,
+        run_dir=run_dir, sps=sps))
 
+
+# ---------------------------------------------------------------------------------------------
+# Run bookkeeping, below the method: start-up, checkpoints, logging, final results
+# ---------------------------------------------------------------------------------------------
+# Allowed values of the numeric flags, checked before anything is loaded.
+RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
+              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]",
+              target_network_frequency="[1, inf)", batch_size="[1, inf)", start_e="[0, 1]", end_e="[0, 1]",
+              exploration_fraction="(0, 1]", learning_starts="[0, inf)", train_frequency="[1, inf)",
+              gradient_steps="[1, inf)", max_grad_norm="(0, inf)", hidden_size="[1, inf)", eval_episodes="[0, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[0, inf)",
+              landscape_points="[2, inf)", checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
+
+
+def check_flags_and_seed(args) -> dict:
+    """Bad flags stop the run before anything loads; then the random streams are seeded. Returns the flags to save."""
+    check_flags(args, RANGES)
+    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
+    if args.end_e > args.start_e:
+        fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from one to the other.")
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
+    return flags
+
+
+def open_run(args, state: dict | None, reward_model: CLIPReward | None) -> tuple[str, SummaryWriter]:
+    """The run's folder (a resumed run's own) and TensorBoard writer; a new CLIP run first logs its reward landscape."""
+    run_name = f"CartPole__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
+    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
+    if reward_model is not None and not state:  # the reward landscape: are upright poles ranked above fallen ones?
+        log_reward_landscape(reward_model, args, writer, run_dir)
+    return run_dir, writer
+
+
+def log_reward_landscape(reward_model: CLIPReward, args, writer, run_dir: str):
+    """Before training, whether the prompt can work at all (the paper's figure 2), and how long CLIP will take."""
+    angles = np.linspace(-0.5, 0.5, args.landscape_points)
+    frames, upright = landscape_frames(reward_model.image_size, angles)
+    rewards = reward_model(frames).cpu().numpy()
+    writer.add_figure("reward_landscape", plot_reward_landscape(
+        angles, rewards, upright, "pole angle (rad)", "upright (ground truth)",
+        f"{args.prompt[0]!r}, alpha={args.alpha}", os.path.join(run_dir, "reward_landscape.png")))
+    gap = rewards[upright].mean() - rewards[~upright].mean()
+    writer.add_scalar("landscape/upright_minus_fallen", gap, 0)
+    print(f"reward landscape: mean CLIP reward upright - fallen = {gap:.4g} (positive: the prompt can work); on "
+          f"a grid of labelled states, with other prompts and alphas: {reward_report_command('cartpole', args, args.prompt)}")
+    estimate_run_time(reward_model, frames, args)
+
+
+def restore_run(state: dict, args, envs, rb, q_network, target_network, optimizer) -> tuple:
+    """A resumed run goes on exactly as the uninterrupted one: everything as it was at the checkpoint."""
+    q_network.load_state_dict(state["q_network"])
+    target_network.load_state_dict(state["target_network"])
+    optimizer.load_state_dict(state["optimizer"])
+    obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
+    successes = deque(state["successes"], maxlen=10)
+    restore_random_and_env_state(state, envs, rb)
+    learning_starts, updates_before = args.learning_starts, 0
+    if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
+        obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
+        global_step, _, updates_done, _, _ = state["counters"]
+        learning_starts, updates_before = global_step + args.learning_starts, updates_done
+    return state["counters"], obs, episode_slots, successes, losses, learning_starts, updates_before
+
+
+def log_training_phase(writer, args, step: int, losses: dict, epsilon: float, successes, sps: int):
+    """After each training phase, its losses in TensorBoard and a progress line, readable in a log file too."""
+    for name, value in {**losses, "epsilon": epsilon, "SPS": sps}.items():
+        writer.add_scalar(f"losses/{name}" if name in losses else f"charts/{name}", value, step)
+    recent = f"{np.mean(successes):.2f}" if successes else "-"
+    print(f"{progress(step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4f}, "
+          f"success (last 10 episodes) {recent}", flush=True)
+
+
+def save_eval_video(q_network, reward_model, args, device, run_dir: str, step: int):
+    """With --capture-video: a greedy episode as a GIF with CLIP's rewards on it, to see what the agent does."""
+    episode = evaluate(q_network, reward_model, args, device, 1, args.seed)[0]
+    save_video(episode["frames"], episode["clip_rewards"], os.path.join(run_dir, "videos", f"eval_step{step}.gif"),
+               args.track)
+
+
+def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
+    """SIGTERM or Ctrl-C asked the run to stop: say how to go on, and exit with the signal's code (143 or 130)."""
+    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+          f"--resume {run_dir}", flush=True)
+    close_writer(writer, args)
+    stop.close()
+    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+
+
+def final_results(args, q_network, reward_model, device, rb, writer, successes, elapsed, training: dict) -> dict:
+    """After training, how good the greedy policy is: the final figures, logged, printed and written to results.json."""
+    uses_clip = reward_model is not None
     results = evaluate(q_network, reward_model, args, device, args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"),
                  eval_clip_return=mean("clip_return"),
-                 train_success_rate_last10=np.mean(successes) if successes else np.nan, **losses,
-                 global_step=global_step, gradient_steps_done=updates_done, target_updates_done=target_updates_done,
-                 run_dir=run_dir, sps=sps, wall_seconds=seconds_before + time.time() - start_time,
-                 epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
+                 train_success_rate_last10=np.mean(successes) if successes else np.nan, **training,
+                 wall_seconds=elapsed(), epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
                  precision=reward_model.precision if uses_clip else None)
     for key in ("success_rate", "episodic_return", "clip_return") if results else ():
         if key != "clip_return" or uses_clip:
-            writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], global_step)
+            writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], training["global_step"])
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
-    write_results(run_dir, args, final, q_network.state_dict())
+    write_results(training["run_dir"], args, final, q_network.state_dict())
     close_writer(writer, args)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference, below the method: the cart's motion and its drawing, the landscape's frames, greedy evaluation
+# ---------------------------------------------------------------------------------------------
+def move_with_walls(env, action) -> np.ndarray:
+    """gymnasium's CartPole equations of motion (Euler integration), written out so that the walls can act on them."""
+    x, x_dot, theta, theta_dot = env.state
+    force = env.force_mag if action == 1 else -env.force_mag
+    sin, cos = np.sin(theta), np.cos(theta)
+    temp = (force + env.polemass_length * theta_dot**2 * sin) / env.total_mass
+    theta_acc = (env.gravity * sin - cos * temp) / (
+        env.length * (4.0 / 3.0 - env.masspole * cos**2 / env.total_mass))
+    x_acc = temp - env.polemass_length * theta_acc * cos / env.total_mass
+    wall = np.sign(x) if abs(x) >= env.x_threshold else 0.0  # +1 / -1 while at the right / left wall
+    if x_acc * wall > 0 and x_dot * wall >= 0:
+        # At rest against the wall and pushed into it: the wall holds the cart, and the pole swings
+        # about a fixed pivot (a uniform rod of half-length l: θ'' = 3 g sin θ / 4l). Pushed away,
+        # or already moving away, the cart follows gymnasium's free equations.
+        x_acc, theta_acc = 0.0, 3.0 * env.gravity * sin / (4.0 * env.length)
+    x, x_dot = x + env.tau * x_dot, x_dot + env.tau * x_acc
+    theta, theta_dot = theta + env.tau * theta_dot, theta_dot + env.tau * theta_acc
+    if abs(x) > env.x_threshold:
+        # The cart hits the wall (inelastic): it stops there, and the sudden stop of the pivot passes
+        # to the pole (angular momentum about the pivot is conserved through the impact).
+        x = float(np.clip(x, -env.x_threshold, env.x_threshold))
+        if x_dot * np.sign(x) > 0:
+            theta_dot += 3.0 * np.cos(theta) * x_dot / (4.0 * env.length)
+            x_dot = 0.0
+    theta = (theta + np.pi) % (2 * np.pi) - np.pi
+    return np.array((x, x_dot, theta, theta_dot), dtype=np.float64)
+
+
+def draw_cartpole(env) -> np.ndarray:
+    """gymnasium's 600x400 scene drawn straight at the frame size, stretched as the authors resized it."""
+    import pygame
+    from pygame import gfxdraw
+
+    height, width = env.frame_size
+    sx, sy = width / 600, height / 400  # stock-scene coordinates -> frame pixels
+    scale = 600 / (2 * env.x_threshold)  # stock pixels per metre
+    x, _, theta, _ = env.state
+    cart_x, cart_y = x * scale + 300, 100  # stock coordinates, y up from the bottom
+    axle_y, pole_len, pole_w = cart_y + 30 / 4, scale * 2 * env.length, 10
+
+    def polygon(points, color):  # y up -> y down, stretched to the frame
+        points = [(px * sx, (400 - py) * sy) for px, py in points]
+        gfxdraw.aapolygon(surf, points, color)
+        gfxdraw.filled_polygon(surf, points, color)
+
+    surf = pygame.Surface((width, height))
+    surf.fill((255, 255, 255))
+    gfxdraw.hline(surf, 0, width, int((400 - cart_y) * sy), (0, 0, 0))
+    polygon([(cart_x + dx, cart_y + dy) for dx, dy in ((-25, -15), (-25, 15), (25, 15), (25, -15))], (0, 0, 0))
+    c, s = np.cos(theta), np.sin(theta)  # theta > 0: the pole leans right
+    corners = ((-pole_w / 2, -pole_w / 2), (-pole_w / 2, pole_len - pole_w / 2),
+               (pole_w / 2, pole_len - pole_w / 2), (pole_w / 2, -pole_w / 2))
+    polygon([(cart_x + px * c + py * s, axle_y - px * s + py * c) for px, py in corners], (202, 152, 101))
+    ax, ay, rx, ry = cart_x * sx, (400 - axle_y) * sy, max(1, int(pole_w / 2 * sx)), max(1, int(pole_w / 2 * sy))
+    gfxdraw.aaellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
+    gfxdraw.filled_ellipse(surf, int(ax), int(ay), rx, ry, (129, 132, 203))
+    return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
+
+
+def landscape_frames(frame_size, angles):
+    """Frames of the cart at the centre, at rest, with the pole at each angle, and which are upright."""
+    env, frames, upright = CLIPCartPoleEnv(frame_size), [], []
+    for angle in angles:
+        env.set_state(theta=float(angle))
+        frames.append(env.render())
+        upright.append(env.is_upright())
+    return np.stack(frames), np.array(upright)
+
+
+def evaluate(q_network, reward_model, args, device, episodes: int, seed: int) -> list:
+    """Greedy episodes (no exploration): per episode its success, returns, and frames and CLIP rewards."""
+    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224))()
+    results = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        frames, true_return, done = [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            true_return, done = true_return + reward, terminated or truncated
+            if reward_model is not None or args.capture_video:
+                frames.append(env.render())
+        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
+        results.append(dict(success=float(true_return == args.episode_length), true_return=true_return,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
