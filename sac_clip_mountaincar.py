@@ -12,11 +12,11 @@ flat drawing CLIP cannot tell where the car is and the task fails (`--no-texture
     python sac_clip_mountaincar.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python sac_clip_mountaincar.py --reward ground-truth      # the RL half alone, no CLIP
 
-Top to bottom, the method: the arguments (`Args`); the environment (`CLIPMountainCarEnv`: the paper's changes
-and the car drawn on a picture-like scene); the reward (`CLIPReward`); the replay buffer; the update
-(`SoftActorCritic.update`, with generalized state-dependent exploration); the reward landscape and evaluation;
-the loop (`main`). Below `main`, for reference: the scene's static part (`draw_scene`, with its texture noise)
-and the plumbing (flag checks, loading CLIP, checkpoints, logging, results and figures).
+Top to bottom, the method: the arguments (`Args`); the environment (`CLIPMountainCarEnv`: the paper's changes, drawn
+as a picture-like scene); the reward (`CLIPReward`); the replay buffer; the update (`SoftActorCritic.update`, with
+generalized state-dependent exploration); the loop (`main`). Below `main`: the run's bookkeeping (flag ranges, seeding,
+the reward landscape, resuming, logging, stopping, final results); for reference, the landscape's frames, evaluation
+and the scene (`draw_scene` with its texture noise, `draw_car`); the plumbing (flag checks, loading CLIP, checkpoints).
 """
 
 import glob
@@ -146,15 +146,6 @@ class Args:
     """deterministic evaluation episodes at the end of training (0: no final evaluation)"""
 
 
-# Allowed values of the numeric flags, checked before anything is loaded.
-RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
-              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
-              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
-              ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[0, inf)", landscape_points="[2, inf)",
-              checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
-
-
 # ---------------------------------------------------------------------------------------------
 # Environment: MountainCar as the paper set it up, drawn so that CLIP can see where the car is
 # ---------------------------------------------------------------------------------------------
@@ -212,38 +203,15 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         return (np.asarray(x) - self.min_position) * scale * width / 600, (400 - np.asarray(y) * scale) * height / 400
 
     def render(self):
-        if not self.textured:
+        if not self.textured:  # gymnasium's drawing, resized
             from PIL import Image
 
-            frame = super().render()
-            return np.asarray(Image.fromarray(frame).resize(self.frame_size[::-1], Image.BICUBIC))
+            return np.asarray(Image.fromarray(super().render()).resize(self.frame_size[::-1], Image.BICUBIC))
         import pygame
-        from pygame import gfxdraw
 
-        if self._scene is None:
+        if self._scene is None:  # the static part, drawn once
             self._scene = pygame.surfarray.make_surface(self.draw_scene().transpose(1, 0, 2))
-        surf = self._scene.copy()
-        height, width = self.frame_size
-        position = float(self.state[0])
-        px, py = self.to_pixels(position, self._height(position))
-        slope = 1.35 * math.cos(3 * position) * (height / 400) / (width / 600)  # pixel slope of the track
-        angle = math.atan(slope)
-        along, normal = np.array([math.cos(angle), -math.sin(angle)]), np.array([math.sin(angle), math.cos(angle)])
-        unit = width / 600 * 1.6  # the car is 1.6x gymnasium's so that CLIP can see it at 224 px
-
-        def place(points):  # car coordinates (right along the slope, up from the track) -> pixels
-            return [tuple(np.array([px, py]) + unit * (u * along - v * normal)) for u, v in points]
-
-        for u in (-11, 11):  # wheels
-            (wx, wy), = place([(u, 6)])
-            gfxdraw.filled_circle(surf, int(wx), int(wy), max(2, int(6 * unit)), (30, 30, 30))
-        body = place([(-22, 5), (-22, 14), (22, 14), (22, 5)])
-        cabin = place([(-12, 14), (-8, 22), (8, 22), (13, 14)])
-        window = place([(-9, 15), (-6, 20), (6, 20), (9, 15)])
-        for polygon, color in ((body, (200, 25, 30)), (cabin, (180, 20, 25)), (window, (170, 210, 235))):
-            gfxdraw.aapolygon(surf, polygon, color)
-            gfxdraw.filled_polygon(surf, polygon, color)
-        return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
+        return draw_car(self, self._scene.copy())  # below main: the car, tilted with the slope
 
     def draw_scene(self) -> np.ndarray:
         return draw_scene(self)  # below main, with the texture noise: sky, hills, the textured mountain, the flag
@@ -536,75 +504,19 @@ class SoftActorCritic:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward landscape (the paper's figure 2) and evaluation
-# ---------------------------------------------------------------------------------------------
-def landscape_frames(frame_size, positions, textured: bool):
-    """Frames of the car at rest at each position along the track, and which are at the flag."""
-    env, frames, at_goal = CLIPMountainCarEnv(frame_size, textured), [], []
-    for position in positions:
-        env.set_state(float(position))
-        frames.append(env.render())
-        at_goal.append(env.at_goal)
-    return np.stack(frames), np.array(at_goal)
-
-
-def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
-    """Deterministic episodes (the mean action): per episode its success, returns, and frames and CLIP rewards."""
-    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
-                   args.textured)()
-    results = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        frames, true_return, done = [], 0.0, False
-        while not done:
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, device=device)[None], deterministic=True)[0][0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            true_return, done = true_return + reward, terminated or truncated
-            if reward_model is not None or args.capture_video:
-                frames.append(env.render())
-        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
-        results.append(dict(success=float(true_return > 0), true_return=true_return,
-                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
-                            frames=frames, clip_rewards=clip_rewards))
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
     args = resumed_args(Args, state, args.resume) if state else args
-    check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
-        torch.set_num_threads(args.torch_threads)
+    flags = check_flags_and_seed(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.reward == "clip" and reward_model is None:
         reward_model = load_clip_reward(args, device)
     uses_clip = reward_model is not None
     frame_size = reward_model.image_size if uses_clip else (224, 224)
-    run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
-    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
-
-    if uses_clip and not state:  # the reward landscape: does the prompt rank the car at the flag above elsewhere?
-        positions = np.linspace(-1.2, 0.6, args.landscape_points)
-        frames, at_goal = landscape_frames(frame_size, positions, args.textured)
-        rewards = reward_model(frames).cpu().numpy()
-        writer.add_figure("reward_landscape", plot_reward_landscape(
-            positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
-            f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
-            os.path.join(run_dir, "reward_landscape.png")))
-        gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
-        writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
-        print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work); "
-              "on a grid of labelled states, with other prompts and alphas: " + reward_report_command(
-                  "mountaincar", args, args.prompt, *[] if args.textured else ["--no-textured"]))
-        estimate_run_time(reward_model, frames, args)
+    run_dir, writer = open_run(args, state, reward_model)  # and, starting a CLIP run, its reward landscape
 
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
@@ -621,19 +533,14 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     envs.action_space.seed(args.seed)
     exploration, rollout_step = None, 0  # gSDE's noise, and the steps of each env in this rollout
     to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    global_step, rollouts_done, updates_done, next_video, losses = 0, 0, 0, 0, {}
-    learning_starts, updates_before = args.learning_starts, 0
+    counters, losses, learning_starts, updates_before = (0, 0, 0, 0), {}, args.learning_starts, 0
     if state:  # everything as it was at the checkpoint
-        agent.restore(state["agent"])
-        global_step, rollouts_done, updates_done, next_video = state["counters"]
-        obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-        successes = deque(state["successes"], maxlen=10)
-        restore_random_and_env_state(state, envs, rb)
-        if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
-            obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-            learning_starts, updates_before = global_step + args.learning_starts, updates_done
+        counters, obs, episode_slots, successes, losses, learning_starts, updates_before = restore_run(
+            state, args, agent, envs, rb)
+    global_step, rollouts_done, updates_done, next_video = counters
     stop, start_time, start_step = StopRequests(), time.time(), global_step
     seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
+    elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
     checkpoints_done = global_step // args.checkpoint_interval
     while global_step < args.total_timesteps:
         # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
@@ -679,21 +586,11 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             for _ in range(updates_owed - updates_done):
                 losses = agent.update(*rb.sample(args.batch_size))
             updates_done = updates_owed
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            if args.sde:
-                writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), global_step)
-            if global_step % 1000 < args.train_frequency:
-                recent = f"{np.mean(successes):.2f}" if successes else "-"
-                print(f"{progress(global_step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
-                      f"q {losses['q_values']:.4g}, success (last 10 episodes) {recent}", flush=True)
+            log_training_phase(writer, args, global_step, losses, actor, successes,
+                               sps=int((global_step - start_step) / (time.time() - start_time)))
 
         if args.capture_video and global_step >= next_video:
-            episode = evaluate(actor, reward_model, args, device, 1, args.seed)[0]
-            save_video(episode["frames"], episode["clip_rewards"],
-                       os.path.join(run_dir, "videos", f"eval_step{global_step}.gif"), args.track)
+            save_eval_video(actor, reward_model, args, device, run_dir, global_step)
             next_video += args.video_interval
 
         # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
@@ -702,41 +599,168 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                              or global_step >= args.total_timesteps):
             checkpoints_done = global_step // args.checkpoint_interval
             save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, seconds=seconds_before + time.time() - start_time,
+                args=flags, global_step=global_step, seconds=elapsed(),
                 counters=(global_step, rollouts_done, updates_done, next_video),
                 agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                 losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
-                print(f"stopped at step {global_step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
-                      f"--resume {run_dir}", flush=True)
-                close_writer(writer, args)
-                stop.close()
-                raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     stop.close()
     envs.close()
-    sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
+    sps = global_step / elapsed()  # training only: not the final evaluation
+    return final_results(args, agent, reward_model, device, rb, writer, successes, elapsed, dict(
+        **losses, global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir, sps=sps))
 
-    results = evaluate(actor, reward_model, args, device, args.eval_episodes, args.seed + 10_000)
+
+# ---------------------------------------------------------------------------------------------
+# Run bookkeeping, below the method: start-up, checkpoints, logging, final results
+# ---------------------------------------------------------------------------------------------
+# Allowed values of the numeric flags, checked before anything is loaded.
+RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
+              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
+              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
+              ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[0, inf)", landscape_points="[2, inf)",
+              checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
+
+
+def check_flags_and_seed(args) -> dict:
+    """Bad flags stop the run before anything loads, then every random stream is seeded; returns the flags to keep."""
+    check_flags(args, RANGES)
+    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
+        torch.set_num_threads(args.torch_threads)
+    return flags
+
+
+def open_run(args, state: dict | None, reward_model: CLIPReward | None) -> tuple[str, SummaryWriter]:
+    """The run's folder (a resumed run's own) and TensorBoard writer; a new CLIP run first logs its reward landscape."""
+    run_name = f"MountainCar__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
+    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
+    if reward_model is not None and not state:  # the reward landscape: is the car at the flag ranked above elsewhere?
+        log_reward_landscape(reward_model, args, writer, run_dir)
+    return run_dir, writer
+
+
+def log_reward_landscape(reward_model: CLIPReward, args, writer, run_dir: str):
+    """Before training, whether the prompt can work at all (the paper's figure 2), and how long CLIP will take."""
+    positions = np.linspace(-1.2, 0.6, args.landscape_points)
+    frames, at_goal = landscape_frames(reward_model.image_size, positions, args.textured)
+    rewards = reward_model(frames).cpu().numpy()
+    writer.add_figure("reward_landscape", plot_reward_landscape(
+        positions, rewards, at_goal, "car position x", "at the flag (ground truth)",
+        f"{args.prompt[0]!r}, alpha={args.alpha}, textured={args.textured}",
+        os.path.join(run_dir, "reward_landscape.png")))
+    gap = rewards[at_goal].mean() - rewards[~at_goal].mean()
+    writer.add_scalar("landscape/goal_minus_elsewhere", gap, 0)
+    print(f"reward landscape: mean CLIP reward at the flag - elsewhere = {gap:.4g} (positive: the prompt can work); "
+          "on a grid of labelled states, with other prompts and alphas: " + reward_report_command(
+              "mountaincar", args, args.prompt, *[] if args.textured else ["--no-textured"]))
+    estimate_run_time(reward_model, frames, args)
+
+
+def restore_run(state: dict, args, agent, envs, rb) -> tuple:
+    """A resumed run goes on exactly as the uninterrupted one: everything as it was at the checkpoint."""
+    agent.restore(state["agent"])
+    obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
+    successes = deque(state["successes"], maxlen=10)
+    restore_random_and_env_state(state, envs, rb)
+    learning_starts, updates_before = args.learning_starts, 0
+    if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
+        obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
+        global_step, _, updates_done, _ = state["counters"]
+        learning_starts, updates_before = global_step + args.learning_starts, updates_done
+    return state["counters"], obs, episode_slots, successes, losses, learning_starts, updates_before
+
+
+def log_training_phase(writer, args, step: int, losses: dict, actor, successes, sps: int):
+    """After each training phase, its losses in TensorBoard and, every 1,000 steps, a progress line for the log."""
+    for name, value in losses.items():
+        writer.add_scalar(f"losses/{name}", value, step)
+    writer.add_scalar("charts/SPS", sps, step)
+    if args.sde:
+        writer.add_scalar("charts/sde_sigma", actor.log_std.exp().mean().item(), step)
+    if step % 1000 < args.train_frequency:
+        recent = f"{np.mean(successes):.2f}" if successes else "-"
+        print(f"{progress(step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
+              f"q {losses['q_values']:.4g}, success (last 10 episodes) {recent}", flush=True)
+
+
+def save_eval_video(actor, reward_model, args, device, run_dir: str, step: int):
+    """With --capture-video: a deterministic episode as a GIF with CLIP's rewards on it, to see what the agent does."""
+    episode = evaluate(actor, reward_model, args, device, 1, args.seed)[0]
+    save_video(episode["frames"], episode["clip_rewards"], os.path.join(run_dir, "videos", f"eval_step{step}.gif"),
+               args.track)
+
+
+def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
+    """SIGTERM or Ctrl-C asked the run to stop: say how to go on, and exit with the signal's code (143 or 130)."""
+    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+          f"--resume {run_dir}", flush=True)
+    close_writer(writer, args)
+    stop.close()
+    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
+
+
+def final_results(args, agent, reward_model, device, rb, writer, successes, elapsed, training: dict) -> dict:
+    """After training, how good the deterministic policy is: the final figures, logged, printed, in results.json."""
+    uses_clip = reward_model is not None
+    results = evaluate(agent.actor, reward_model, args, device, args.eval_episodes, args.seed + 10_000)
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")  # noqa: E731
     final = dict(eval_success_rate=mean("success"), eval_episodic_return=mean("true_return"),
                  eval_clip_return=mean("clip_return"),
-                 train_success_rate_last10=np.mean(successes) if successes else np.nan, **losses,
-                 global_step=global_step, gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
-                 wall_seconds=seconds_before + time.time() - start_time,
-                 epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
+                 train_success_rate_last10=np.mean(successes) if successes else np.nan, **training,
+                 wall_seconds=elapsed(), epic_distance=reward_agreement(rb)[1] if uses_clip else np.nan,
                  precision=reward_model.precision if uses_clip else None)
     for key in ("success_rate", "episodic_return", "clip_return") if results else ():
         if key != "clip_return" or uses_clip:
-            writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], global_step)
+            writer.add_scalar(f"eval/{key}", final[f"eval_{key}"], training["global_step"])
     print(f"eval: success rate {final['eval_success_rate']:.2f}, return {final['eval_episodic_return']:.1f}, "
           f"CLIP return {final['eval_clip_return']:.4g}")
-    write_results(run_dir, args, final, agent.state_dict())
+    write_results(training["run_dir"], args, final, agent.state_dict())
     close_writer(writer, args)
     return final
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference: the realistic scene's static part (sky, hills, the textured mountain, the flag)
+# Reference: the reward landscape's frames (the paper's figure 2) and the deterministic evaluation
+# ---------------------------------------------------------------------------------------------
+def landscape_frames(frame_size, positions, textured: bool):
+    """Frames of the car at rest at each position along the track, and which are at the flag."""
+    env, frames, at_goal = CLIPMountainCarEnv(frame_size, textured), [], []
+    for position in positions:
+        env.set_state(float(position))
+        frames.append(env.render())
+        at_goal.append(env.at_goal)
+    return np.stack(frames), np.array(at_goal)
+
+
+def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
+    """Deterministic episodes (the mean action): per episode its success, returns, and frames and CLIP rewards."""
+    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
+                   args.textured)()
+    results = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        frames, true_return, done = [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, device=device)[None], deterministic=True)[0][0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            true_return, done = true_return + reward, terminated or truncated
+            if reward_model is not None or args.capture_video:
+                frames.append(env.render())
+        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
+        results.append(dict(success=float(true_return > 0), true_return=true_return,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: the realistic scene: its static part (sky, hills, the textured mountain, the flag), and the car
 # ---------------------------------------------------------------------------------------------
 # ==== BEGIN SHARED BLOCK: value-noise (identical in every script; tests/test_shared_blocks.py) ====
 def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int = 4) -> np.ndarray:
@@ -788,6 +812,34 @@ def draw_scene(env) -> np.ndarray:
         half = 1 - abs((r - pole_top) / (0.03 * height) - 1)  # triangle pointing right
         image[r, fx + 1: fx + 1 + int(0.09 * width * half)] = (245, 205, 20)
     return image.clip(0, 255).astype(np.uint8)
+
+
+def draw_car(env, surf) -> np.ndarray:
+    """The frame of `env` (a CLIPMountainCarEnv): the car, red and tilted with the slope, on the static scene `surf`."""
+    import pygame
+    from pygame import gfxdraw
+
+    height, width = env.frame_size
+    position = float(env.state[0])
+    px, py = env.to_pixels(position, env._height(position))
+    slope = 1.35 * math.cos(3 * position) * (height / 400) / (width / 600)  # pixel slope of the track
+    angle = math.atan(slope)
+    along, normal = np.array([math.cos(angle), -math.sin(angle)]), np.array([math.sin(angle), math.cos(angle)])
+    unit = width / 600 * 1.6  # the car is 1.6x gymnasium's so that CLIP can see it at 224 px
+
+    def place(points):  # car coordinates (right along the slope, up from the track) -> pixels
+        return [tuple(np.array([px, py]) + unit * (u * along - v * normal)) for u, v in points]
+
+    for u in (-11, 11):  # wheels
+        (wx, wy), = place([(u, 6)])
+        gfxdraw.filled_circle(surf, int(wx), int(wy), max(2, int(6 * unit)), (30, 30, 30))
+    body = place([(-22, 5), (-22, 14), (22, 14), (22, 5)])
+    cabin = place([(-12, 14), (-8, 22), (8, 22), (13, 14)])
+    window = place([(-9, 15), (-6, 20), (6, 20), (9, 15)])
+    for polygon, color in ((body, (200, 25, 30)), (cabin, (180, 20, 25)), (window, (170, 210, 235))):
+        gfxdraw.aapolygon(surf, polygon, color)
+        gfxdraw.filled_polygon(surf, polygon, color)
+    return np.ascontiguousarray(pygame.surfarray.pixels3d(surf).transpose(1, 0, 2))
 
 
 # ---------------------------------------------------------------------------------------------
