@@ -466,7 +466,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
 def check_flags_and_seed(args) -> dict:
     """Bad flags stop the run before anything loads; then the random streams are seeded. Returns the flags to save."""
     check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
+    flags = dict(vars(args))  # for checkpoints: the flags as the run began
     if args.end_e > args.start_e:
         fail(f"--end-e ({args.end_e}) must not exceed --start-e ({args.start_e}): epsilon decays from one to the other.")
     seed_everything(args.seed, args.torch_deterministic)

@@ -745,7 +745,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     uses_clip = args.reward == "clip"
     judged = args.reward != "ground-truth"  # the task's pose detector judges every step (CLIP and pose runs)
     check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
+    flags = dict(vars(args))  # for checkpoints: the flags as the run began
     device, reward_model = start_up(args, reward_model)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"

@@ -4,6 +4,7 @@ import glob
 import os
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
@@ -166,7 +167,9 @@ def test_clip_model_can_be_an_open_clip_config_file(tiny_clip, tmp_path):
     args = short_args(tmp_path, clip_model=str(config), clip_pretrained=checkpoint, total_timesteps=200,
                       learning_starts=100)
     result = cartpole.main(args)
-    assert args.clip_model == "my-tiny-clip" and result["global_step"] == 200
+    assert result["global_step"] == 200 and "my-tiny-clip" in open_clip.list_models()  # registered by its file's name
+    with open(os.path.join(result["run_dir"], "results.json")) as f:  # the flag as given: a resume registers it again
+        assert json.load(f)["args"]["clip_model"] == str(config) == args.clip_model
 
 
 def test_torch_threads_sets_the_runs_cpu_threads(tmp_path):
