@@ -627,7 +627,7 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
 def check_flags_and_seed(args) -> dict:
     """Bad flags stop the run before anything loads, then every random stream is seeded; returns the flags to keep."""
     check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints, before a model config (.json) is registered under its name
+    flags = dict(vars(args))  # for checkpoints: the flags as the run began
     seed_everything(args.seed, args.torch_deterministic)
     if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
         torch.set_num_threads(args.torch_threads)
