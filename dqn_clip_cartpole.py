@@ -84,7 +84,7 @@ class Args:
     baseline_prompt: tuple[str, ...] = ("pole and cart",)
     """baseline prompt(s) for goal-baseline projection; several are averaged"""
     alpha: float = 0.0
-    """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
+    """goal-baseline projection weight in [0, 1]: 0 = similarity to the goal (the cosine with one goal prompt), 1 = only the goal-baseline direction counts"""
     clip_model: str = "ViT-bigG-14"
     """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14), or an open_clip model config (.json)"""
     clip_pretrained: str = "laion2b_s39b_b160k"
@@ -381,7 +381,8 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             with torch.no_grad():
                 actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
         next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
-        # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
+        # The reward to learn from: CLIP's (NaN in the buffer until the frame of the state reached has been scored),
+        # or the ground truth's with --reward ground-truth.
         # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
         # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
         dones = terminations | truncations
@@ -420,7 +421,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                                sps=int((global_step - start_step) / (time.time() - start_time)))
 
         # Target network: a Polyak step every `target-network-frequency` transitions. (SB3 makes at most one per
-        # vector step, every max(interval // num_envs, 1) of them: the same as here with up to 8 envs.)
+        # vector step, every max(interval // num_envs, 1) of them: the same as here when num-envs divides 8.)
         while target_updates_done < global_step // args.target_network_frequency:
             polyak_update(q_network, target_network, args.tau)
             target_updates_done += 1
@@ -947,8 +948,8 @@ def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip:
 
 def reward_agreement(rb: ReplayBuffer, window: int = 10_000) -> tuple[float, float]:
     """(ρ, sqrt((1 - ρ) / 2)): the correlation of the learned reward with the ground truth over the latest
-    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states: 0 is the
-    same ordering of states, 1 the reverse). NaN while either reward is constant."""
+    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states, ρ Pearson's:
+    0 is an affine function of the ground truth, 0.71 uncorrelated, 1 reversed). NaN while either reward is constant."""
     recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
     rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
     if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:

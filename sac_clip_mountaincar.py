@@ -87,7 +87,7 @@ class Args:
     baseline_prompt: tuple[str, ...] = ("a car in the mountain",)
     """baseline prompt(s) for goal-baseline projection; several are averaged"""
     alpha: float = 0.0
-    """goal-baseline projection weight in [0, 1]: 0 = cosine similarity to the goal, 1 = only the goal-baseline direction counts"""
+    """goal-baseline projection weight in [0, 1]: 0 = similarity to the goal (the cosine with one goal prompt), 1 = only the goal-baseline direction counts"""
     clip_model: str = "ViT-bigG-14"
     """open_clip architecture name (e.g. RN50, ViT-B-32, ViT-L-14, ViT-H-14, ViT-bigG-14), or an open_clip model config (.json)"""
     clip_pretrained: str = "laion2b_s39b_b160k"
@@ -1135,8 +1135,8 @@ def log_rollout(writer, rb: ReplayBuffer, finished: list, is_success, uses_clip:
 
 def reward_agreement(rb: ReplayBuffer, window: int = 10_000) -> tuple[float, float]:
     """(ρ, sqrt((1 - ρ) / 2)): the correlation of the learned reward with the ground truth over the latest
-    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states: 0 is the
-    same ordering of states, 1 the reverse). NaN while either reward is constant."""
+    transitions, and the paper's EPIC distance (rewards of the reached state, over the visited states, ρ Pearson's:
+    0 is an affine function of the ground truth, 0.71 uncorrelated, 1 reversed). NaN while either reward is constant."""
     recent = (rb.pos - 1 - np.arange(min(window, rb.size if rb.full else rb.pos))) % rb.size
     rewards, truth = rb.rewards[recent], rb.true_rewards[recent]
     if len(recent) < 2 or rewards.std() == 0 or truth.std() == 0:

@@ -1,6 +1,7 @@
 """The benchmarks run at a tiny size and report every figure (no test asserts a time)."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -146,7 +147,9 @@ def test_pose_speed_reports_the_marginal_rate_and_the_update_bound(tmp_path):
     pose_speed = load_benchmark("pose_speed")
     figures = pose_speed.main(pose_speed.Args(raw_steps=50, learning_starts=64, phases=(1, 2), updates=1,
                                               train_frequency=320, gradient_steps=10, json=str(tmp_path / "speed.json")))
-    assert len(figures["raw_sps"]) == 3 and min(figures["raw_sps"]) > 0 and figures["pose_sps_after_learning_starts"] > 0
+    # Rates, not times, are checked: the marginal rate of so short a run is noise (a busy core can even make it negative).
+    assert len(figures["raw_sps"]) == 3 and min(figures["raw_sps"]) > 0
+    assert math.isfinite(figures["pose_sps_after_learning_starts"])
     assert 1.5 < figures["update_gflop"] < 3.5 and figures["matmul_gflops_per_s"] > 0
     # The bound: the transitions of one update (320 / 10) in the time its FLOPs take at the products' rate.
     assert figures["update_bound_sps"] == pytest.approx(32 * figures["matmul_gflops_per_s"] / figures["update_gflop"])
