@@ -533,15 +533,6 @@ def save_eval_video(q_network, reward_model, args, device, run_dir: str, step: i
                args.track)
 
 
-def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
-    """SIGTERM or Ctrl-C asked the run to stop: say how to go on, and exit with the signal's code (143 or 130)."""
-    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
-          f"--resume {run_dir}", flush=True)
-    close_writer(writer, args)
-    stop.close()
-    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
-
-
 def final_results(args, q_network, reward_model, device, rb, writer, successes, elapsed, training: dict) -> dict:
     """After training, how good the greedy policy is: the final figures, logged, printed and written to results.json."""
     uses_clip = reward_model is not None
@@ -815,6 +806,15 @@ class StopRequests(list):
     def close(self):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
+    """SIGTERM or Ctrl-C asked the run to stop: say how to go on, and exit with the signal's code (143 or 130)."""
+    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+          f"--resume {run_dir}", flush=True)
+    close_writer(writer, args)
+    stop.close()
+    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 
 def random_and_env_state(envs, rb, with_buffer: bool) -> dict:

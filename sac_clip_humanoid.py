@@ -854,7 +854,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                 losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
             if stop:
-                stop_run(stop, writer, args, run_dir, global_step)
+                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     stop.close()
     envs.close()
     sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
@@ -968,15 +968,6 @@ def log_training_phase(writer, args, actor, losses: dict, successes, step: int, 
     recent = f", success (last 10 episodes) {np.mean(successes):.2f}" if successes else ""
     print(f"{progress(step, args.total_timesteps, sps)}, td_loss {losses['td_loss']:.4g}, "
           f"q {losses['q_values']:.4g}{recent}", flush=True)
-
-
-def stop_run(stop, writer, args, run_dir: str, step: int):
-    """SIGTERM or Ctrl-C, once the checkpoint is written: say how to go on, close the log and exit (143 or 130)."""
-    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
-          f"--resume {run_dir}", flush=True)
-    close_writer(writer, args)
-    stop.close()
-    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 
 def final_results(results: list, args, successes, losses: dict, baselines: dict, rb, reward_model, **run) -> dict:
@@ -1411,6 +1402,15 @@ class StopRequests(list):
     def close(self):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
+    """SIGTERM or Ctrl-C asked the run to stop: say how to go on, and exit with the signal's code (143 or 130)."""
+    print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
+          f"--resume {run_dir}", flush=True)
+    close_writer(writer, args)
+    stop.close()
+    raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 
 def random_and_env_state(envs, rb, with_buffer: bool) -> dict:
