@@ -115,12 +115,12 @@ def vit_b_32_checkpoint(tmp_path_factory):
 
 @pytest.mark.long(40)
 def test_real_size_architecture_from_a_local_checkpoint(tmp_path, vit_b_32_checkpoint):
-    """ViT-B-32 from a local checkpoint file, through the humanoid's command line (the loading and reward
-    code is a shared block; every script's loop runs a tiny CLIP in process)."""
+    """ViT-B-32 from a local checkpoint file, through the humanoid's command line in its default scene, shadows
+    included (the loading and reward code is a shared block; every script's loop runs a tiny CLIP in process)."""
     result = run("sac_clip_humanoid.py", "--clip-model", "ViT-B-32", "--clip-pretrained", str(vit_b_32_checkpoint),
                  "--alpha", "0.5", "--total-timesteps", "56", "--learning-starts", "32", "--train-frequency", "8",
                  "--gradient-steps", "4", "--episode-length", "24", "--num-envs", "2", "--eval-episodes", "1",
-                 "--batch-size", "32", "--clip-chunk-size", "16", "--landscape-points", "2",
+                 "--batch-size", "32", "--clip-chunk-size", "16", "--landscape-points", "2", "--baseline-episodes", "1",
                  "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CLIP image encoder runs in fp32 (--clip-precision auto on cpu)" in result.stdout
