@@ -10,11 +10,10 @@ through goal-baseline projection with weight alpha.
     python dqn_clip_cartpole.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python dqn_clip_cartpole.py --reward ground-truth      # the RL half alone, no CLIP
 
-Top to bottom, the method: the arguments (`Args`); the environment (`CLIPCartPoleEnv`: the paper's changes,
-rendered at CLIP's input size); the reward (`CLIPReward`); the replay buffer; the Q-network and its update
-(`dqn_update`); the loop (`main`). Below `main`: the run's bookkeeping (start-up checks and the reward landscape,
-resuming, logging, stopping, final results); for reference, the cart's motion with the walls and its drawing, the
-landscape's frames and greedy evaluation; the plumbing (flag checks, loading CLIP, checkpoints, logs, figures).
+Where each part is: the arguments, `Args`; the environment, `CLIPCartPoleEnv` (the paper's changes, rendered at
+CLIP's input size); the reward, `CLIPReward`; the update, `dqn_update`; the loop, `main`. Below `main`, for reference:
+the run's bookkeeping (start-up, the reward landscape, resume, logging, final results); the cart's motion with the
+walls and its drawing, the landscape's frames and greedy evaluation; the plumbing.
 """
 
 import glob
@@ -339,10 +338,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
     args = resumed_args(Args, state, args.resume) if state else args
-    flags = check_flags_and_seed(args)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.reward == "clip" and reward_model is None:
-        reward_model = load_clip_reward(args, device)
+    flags, device, reward_model = start_up(args, reward_model)  # flag checks, seeds, the device, CLIP
     uses_clip = reward_model is not None
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_dir, writer = open_run(args, state, reward_model)  # and, starting a CLIP run, its reward landscape
@@ -360,90 +356,93 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     rb = ReplayBuffer(args.buffer_size, obs_dim, (), np.int64, device)
     is_success = lambda true_return, length: true_return == length  # noqa: E731  (upright at every step)
 
+    # The loop's position: transitions collected, rollouts ended, gradient steps and target updates, the next video.
+    global_step = rollouts_done = updates_done = target_updates_done = next_video = 0
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    counters, losses, learning_starts, updates_before = (0, 0, 0, 0, 0), {}, args.learning_starts, 0
-    if state:  # everything as it was at the checkpoint
-        counters, obs, episode_slots, successes, losses, learning_starts, updates_before = restore_run(
+    episode_slots, successes, losses = [[] for _ in range(args.num_envs)], deque(maxlen=10), {}
+    learning_starts = args.learning_starts
+    if state:  # everything as it was at the checkpoint: the run goes on exactly as an uninterrupted one
+        global_step, rollouts_done, updates_done, target_updates_done, next_video = (state[key] for key in POSITION)
+        obs, episode_slots, successes, losses, learning_starts = restore_run(
             state, args, envs, rb, q_network, target_network, optimizer)
-    global_step, rollouts_done, updates_done, target_updates_done, next_video = counters
-    stop, start_time, start_step = StopRequests(), time.time(), global_step
-    seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
+    to_score, finished = [], []  # this rollout's frames, and the episodes that ended in it
+    start_time, start_step, seconds_before = time.time(), global_step, state["seconds"] if state else 0.0
     elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
     checkpoints_done = global_step // args.checkpoint_interval
-    while global_step < args.total_timesteps:
-        decay = global_step / (args.exploration_fraction * args.total_timesteps)  # from start-e to end-e, then flat
-        epsilon = max(args.start_e + (args.end_e - args.start_e) * decay, args.end_e)
-        if global_step < args.learning_starts or random.random() < epsilon:  # random until learning starts (SB3)
-            actions = envs.action_space.sample()
-        else:
-            with torch.no_grad():
-                actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
-        next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
-        # The reward to learn from: CLIP's (NaN in the buffer until the frame of the state reached has been scored),
-        # or the ground truth's with --reward ground-truth.
-        # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
-        # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
-        dones = terminations | truncations
-        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
-                       terminations if args.bootstrap_time_limit else dones)
-        if uses_clip:
-            to_score.append((slots, np.stack(envs.call("render"))))
-        global_step += args.num_envs
-        for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
-            episode_slots[i].append(slot)
-            if dones[i]:
-                finished.append((global_step, episode_slots[i]))
-                episode_slots[i] = []
-        obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
+    with StopRequests() as stop:
+        while global_step < args.total_timesteps:
+            decay = global_step / (args.exploration_fraction * args.total_timesteps)  # from start-e to end-e, then flat
+            epsilon = max(args.start_e + (args.end_e - args.start_e) * decay, args.end_e)
+            if global_step < args.learning_starts or random.random() < epsilon:  # random until learning starts (SB3)
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    actions = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+            next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
+            # The reward to learn from: CLIP's (NaN in the buffer until the frame of the state reached has been
+            # scored), or the ground truth's with --reward ground-truth.
+            # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
+            # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
+            dones = terminations | truncations
+            slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
+                           terminations if args.bootstrap_time_limit else dones)
+            if uses_clip:
+                to_score.append((slots, np.stack(envs.call("render"))))
+            global_step += args.num_envs
+            for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
+                episode_slots[i].append(slot)
+                if dones[i]:
+                    finished.append((global_step, episode_slots[i]))
+                    episode_slots[i] = []
+            obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
 
-        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
-        # end of the run: CLIP scores its frames (--clip-chunk-size at a time) and the finished episodes are logged.
-        # After learning starts, each rollout is followed by a training phase of gradient-steps updates (counted in
-        # transitions, so that the updates per transition do not depend on --num-envs).
-        rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
-        if rollout_ends:
-            rollouts_done = global_step // args.train_frequency
-            if to_score:
-                slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
-                rb.rewards[slots] = reward_model(frames).cpu().numpy()
-            successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
-            to_score, finished = [], []
-        phases = max(rollouts_done - learning_starts // args.train_frequency, 0)
-        updates_owed = updates_before + args.gradient_steps * phases
-        if updates_owed - updates_done >= args.gradient_steps:
-            for _ in range(updates_owed - updates_done):
-                losses = dqn_update(q_network, target_network, optimizer, rb.sample(args.batch_size), args.gamma,
-                                    args.max_grad_norm)
-            updates_done = updates_owed
-            log_training_phase(writer, args, global_step, losses, epsilon, successes,
-                               sps=int((global_step - start_step) / (time.time() - start_time)))
+            # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
+            # end of the run: CLIP scores its frames (--clip-chunk-size at a time), the finished episodes are logged,
+            # and a training phase of gradient-steps updates follows each rollout that ends after learning starts
+            # (rollouts and updates counted in transitions: the updates per transition do not depend on --num-envs).
+            rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
+            if rollout_ends:
+                rollouts_before, rollouts_done = rollouts_done, global_step // args.train_frequency
+                if to_score:
+                    slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
+                    rb.rewards[slots] = reward_model(frames).cpu().numpy()
+                successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
+                to_score, finished = [], []
+                waiting = learning_starts // args.train_frequency  # rollouts before the first training phase
+                phases = max(rollouts_done - waiting, 0) - max(rollouts_before - waiting, 0)
+                for _ in range(args.gradient_steps * phases):
+                    losses = dqn_update(q_network, target_network, optimizer, rb.sample(args.batch_size), args.gamma,
+                                        args.max_grad_norm)
+                if phases:
+                    updates_done += args.gradient_steps * phases
+                    log_training_phase(writer, args, global_step, losses, epsilon, successes,
+                                       sps=int((global_step - start_step) / (time.time() - start_time)))
 
-        # Target network: a Polyak step every `target-network-frequency` transitions. (SB3 makes at most one per
-        # vector step, every max(interval // num_envs, 1) of them: the same as here when num-envs divides 8.)
-        while target_updates_done < global_step // args.target_network_frequency:
-            polyak_update(q_network, target_network, args.tau)
-            target_updates_done += 1
+            # Target network: a Polyak step every `target-network-frequency` transitions. (SB3 makes at most one per
+            # vector step, every max(interval // num_envs, 1) of them: the same as here when num-envs divides 8.)
+            while target_updates_done < global_step // args.target_network_frequency:
+                polyak_update(q_network, target_network, args.tau)
+                target_updates_done += 1
 
-        if args.capture_video and global_step >= next_video:
-            save_eval_video(q_network, reward_model, args, device, run_dir, global_step)
-            next_video += args.video_interval
+            if args.capture_video and global_step >= next_video:
+                save_eval_video(q_network, reward_model, args, device, run_dir, global_step)
+                next_video += args.video_interval
 
-        # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
-        # at the end, and when SIGTERM or Ctrl-C asked the run to stop.
-        if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
-                             or global_step >= args.total_timesteps):
-            checkpoints_done = global_step // args.checkpoint_interval
-            save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, seconds=elapsed(),
-                counters=(global_step, rollouts_done, updates_done, target_updates_done, next_video),
-                q_network=q_network.state_dict(), target_network=target_network.state_dict(),
-                optimizer=optimizer.state_dict(), obs=obs, episode_slots=episode_slots, successes=list(successes),
-                losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
-            if stop:
-                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
-    stop.close()
+            # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval
+            # transitions, at the end, and when SIGTERM or Ctrl-C asked the run to stop.
+            if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
+                                 or global_step >= args.total_timesteps):
+                checkpoints_done = global_step // args.checkpoint_interval
+                save_checkpoint(run_dir, dict(
+                    args=flags, seconds=elapsed(), global_step=global_step, rollouts_done=rollouts_done,
+                    updates_done=updates_done, target_updates_done=target_updates_done, next_video=next_video,
+                    learning_starts=learning_starts, q_network=q_network.state_dict(),
+                    target_network=target_network.state_dict(), optimizer=optimizer.state_dict(), obs=obs,
+                    episode_slots=episode_slots, successes=list(successes), losses=losses,
+                    **random_and_env_state(envs, rb, args.checkpoint_buffer)))
+                if stop:
+                    stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     envs.close()
     sps = global_step / elapsed()  # training only: not the final evaluation
     return final_results(args, q_network, reward_model, device, rb, writer, successes, elapsed, dict(
@@ -464,8 +463,9 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               landscape_points="[2, inf)", checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
-def check_flags_and_seed(args) -> dict:
-    """Bad flags stop the run before anything loads; then the random streams are seeded. Returns the flags to save."""
+def start_up(args, reward_model: CLIPReward | None) -> tuple:
+    """Bad flags stop the run before anything loads, then every random stream is seeded and the device chosen; a
+    CLIP run loads its reward model (unless a test gave one). Returns the flags to keep, the device and the model."""
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints: the flags as the run began
     if args.end_e > args.start_e:
@@ -473,7 +473,10 @@ def check_flags_and_seed(args) -> dict:
     seed_everything(args.seed, args.torch_deterministic)
     if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
         torch.set_num_threads(args.torch_threads)
-    return flags
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.reward == "clip" and reward_model is None:
+        reward_model = load_clip_reward(args, device)
+    return flags, device, reward_model
 
 
 def open_run(args, state: dict | None, reward_model: CLIPReward | None) -> tuple[str, SummaryWriter]:
@@ -501,20 +504,24 @@ def log_reward_landscape(reward_model: CLIPReward, args, writer, run_dir: str):
     estimate_run_time(reward_model, frames, args)
 
 
+# The loop's position in a checkpoint (main reads it back under these names).
+POSITION = ("global_step", "rollouts_done", "updates_done", "target_updates_done", "next_video")
+
+
 def restore_run(state: dict, args, envs, rb, q_network, target_network, optimizer) -> tuple:
-    """A resumed run goes on exactly as the uninterrupted one: everything as it was at the checkpoint."""
+    """The networks, optimizer, random streams, envs and replay buffer as they were at the checkpoint; returns
+    the loop's episodes in progress, recent successes, last losses and the transition count where training
+    starts. A checkpoint without its buffer (--no-checkpoint-buffer) starts new episodes into a fresh buffer, and
+    training waits for learning-starts new transitions."""
     q_network.load_state_dict(state["q_network"])
     target_network.load_state_dict(state["target_network"])
     optimizer.load_state_dict(state["optimizer"])
-    obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-    successes = deque(state["successes"], maxlen=10)
     restore_random_and_env_state(state, envs, rb)
-    learning_starts, updates_before = args.learning_starts, 0
-    if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
+    obs, episode_slots, learning_starts = state["obs"], state["episode_slots"], state["learning_starts"]
+    if state["buffer"] is None:
         obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-        global_step, _, updates_done, _, _ = state["counters"]
-        learning_starts, updates_before = global_step + args.learning_starts, updates_done
-    return state["counters"], obs, episode_slots, successes, losses, learning_starts, updates_before
+        learning_starts = state["global_step"] + args.learning_starts
+    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], learning_starts
 
 
 def log_training_phase(writer, args, step: int, losses: dict, epsilon: float, successes, sps: int):
@@ -789,12 +796,13 @@ def seed_everything(seed: int, torch_deterministic: bool):
 
 
 class StopRequests(list):
-    """SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C ask the run to stop at the end
-    of the rollout, after a checkpoint; a second Ctrl-C stops it at once. `close()` gives the signals back."""
+    """`with StopRequests() as stop:` SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C
+    ask the run to stop at the end of the rollout, after a checkpoint (`stop` is then true); a second Ctrl-C stops
+    it at once. Leaving the block gives the signals back."""
 
-    def __init__(self):
-        super().__init__()
+    def __enter__(self):
         self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+        return self
 
     def handle(self, signum, frame):
         if signum == signal.SIGINT and "SIGINT" in self:
@@ -803,7 +811,7 @@ class StopRequests(list):
         os.write(1, f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: "
                     "now, without one)\n".encode())  # not print: the signal may arrive while print writes
 
-    def close(self):
+    def __exit__(self, *exception):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
@@ -813,7 +821,6 @@ def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
     print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
           f"--resume {run_dir}", flush=True)
     close_writer(writer, args)
-    stop.close()
     raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 

@@ -379,7 +379,13 @@ print(f"summary: {len(rows)} runs ({sum(r['status'] != 'ok' for r in rows)} fail
 PY
 }
 
-if [ $SUMMARY_ONLY = 1 ]; then summarize; exit $?; fi
+if [ $SUMMARY_ONLY = 1 ]; then
+    if [ ! -d "$OUTPUT_DIR" ]; then
+        echo "run_all.sh: --summary-only: there is no folder $OUTPUT_DIR; give --output-dir the folder a grid ran into" >&2
+        exit 1
+    fi
+    summarize; exit $?
+fi
 
 # Lanes and GPUs: lane j runs on GPU j mod (number of GPUs); with GPUs, at most --runs-per-gpu lanes per GPU.
 # (An empty CUDA_VISIBLE_DEVICES means no GPU; nvidia-smi prints its failures on stdout: only numbers are GPUs.)

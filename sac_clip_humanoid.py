@@ -17,13 +17,11 @@ goal-baseline projection with weight alpha.
 Success is the paper's: in the goal pose for at least half of the episode. The paper asked a person;
 here pose detectors (a few thresholds on body-part positions, one set per task) judge every step.
 
-Top to bottom, the method: the arguments (`Args`); the task's success (`in_pose`, and `pose_score`, the reward
-of `--reward pose`); the environment (`CLIPHumanoidEnv`: the paper's changes and camera); the reward
-(`CLIPReward`); the replay buffer; the update (`SoftActorCritic.update`); the reward landscape and evaluation;
-the loop (`main`). Below `main`, the run's bookkeeping (start-up, evaluation logging, checkpoints, final
-results) and, for reference: the scene's generated textures and XML rewrite, the pose detectors' features,
-thresholds and hand-built poses (`TASKS`), and the plumbing (flag checks, loading CLIP, checkpoints, logging,
-results, figures).
+Where each part is: the arguments, `Args`; the environment, `CLIPHumanoidEnv` (the paper's changes and camera);
+the reward, `CLIPReward`; the update, `SoftActorCritic.update`; the loop, `main`. Below `main`, for reference: the
+run's bookkeeping (start-up, resume, evaluation logging, final results); the reward landscape's frames, greedy
+evaluation and the action baselines; the scene's generated textures and XML rewrite; the pose detectors (`in_pose`,
+`pose_score`: the reward of `--reward pose`; features, thresholds and hand-built poses: `TASKS`); the plumbing.
 """
 
 import atexit
@@ -49,7 +47,7 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Literal, NamedTuple
 
 # Headless rendering: MuJoCo reads MUJOCO_GL when it is imported. EGL runs on a GPU and, through Mesa, on a CPU;
-# where EGL is missing, set MUJOCO_GL=osmesa (require_gl, below the environment, says so).
+# where EGL is missing, set MUJOCO_GL=osmesa (require_gl, below main, says so).
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
@@ -65,7 +63,7 @@ from gymnasium.envs.mujoco.humanoid_v5 import DEFAULT_CAMERA_CONFIG, HumanoidEnv
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 
-# The paper's eight humanoid tasks (its Table 1); TASKS, below the environment, gives each its prompt and pose detector.
+# The paper's eight humanoid tasks (its Table 1); TASKS, below main, gives each its prompt and pose detector.
 TaskName = Literal["kneeling", "lotus-position", "standing-up", "arms-raised", "doing-splits", "hands-on-hips",
                    "arms-crossed", "standing-on-one-leg"]
 
@@ -178,55 +176,11 @@ class Args:
     """episodes each of zero and of random actions that the task's detector judges at the start of CLIP and pose runs: the baselines (baselines/*, results.json) every learning curve is read against (0: none)"""
 
 
-# Allowed values of the numeric flags, checked before anything is loaded.
-RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
-              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
-              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
-              ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
-              video_interval="[1, inf)", clip_chunk_size="[0, inf)", landscape_points="[2, inf)",
-              checkpoint_interval="[1, inf)", torch_threads="[0, inf)", baseline_episodes="[0, inf)")
-
-
 # ---------------------------------------------------------------------------------------------
-# Ground truth: the task's pose detector (its features and thresholds, TASKS, are below main)
-# ---------------------------------------------------------------------------------------------
-SUCCESS_FRACTION = 0.5  # the paper's criterion: in the pose for at least half of the episode's steps
-
-
-INSIDE = 0.25  # the graded part is full only this many margins inside each threshold: it pulls on past the detector's boundary
-
-
-def condition_depth(features: dict, condition) -> float:
-    """How far a feature is inside its threshold (negative when the condition fails, by that much)."""
-    feature, op, threshold, _ = condition
-    return features[feature] - threshold if op == ">" else threshold - features[feature]
-
-
-def in_pose(features: dict, task: str) -> bool:
-    """The detector: every condition of the task holds."""
-    return all(condition_depth(features, c) >= 0.0 for c in TASKS[task].conditions)
-
-
-def pose_score(features: dict, task: str) -> float:
-    """`--reward pose`: half the detector's in-pose flag, half a graded part in [0, 1].
-
-    The graded part is the mean over the task's conditions of clip((depth + margin) / ((1 + INSIDE) margin), 0, 1):
-    0 one margin outside a threshold, 0.8 at it, 1 a quarter margin inside. Far from the pose it says "closer";
-    at the boundary it still pays to go further in, so the body does not hover where the flag flickers. The flag
-    makes every step in the pose worth more than any step out of it: 0.9-1 in the pose, below 0.5 out of it.
-    """
-    conditions = TASKS[task].conditions
-    shares = [min(max((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0), 1.0) for c in conditions]
-    return 0.5 * sum(shares) / len(shares) + 0.5 * in_pose(features, task)
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment: gymnasium's Humanoid (v5) as the paper set it up, in a realistic scene
+# Environment: gymnasium's Humanoid (v5) as the paper set it up, in a realistic scene (its generated textures
+# and XML rewrite, humanoid_xml and scene_file, are below main)
 # ---------------------------------------------------------------------------------------------
 PAPER_CAMERA = {"distance": 3.5, "lookat": np.array([0.0, 0.0, 1.0]), "elevation": -10.0, "azimuth": 180.0}
-
-
-# The scene's generated textures and the XML rewrite (humanoid_xml, scene_file) are below main.
 
 
 class CLIPHumanoidEnv(HumanoidEnv):
@@ -275,71 +229,6 @@ class CLIPHumanoidEnv(HumanoidEnv):
 
     def restore(self, snapshot):
         mujoco.mj_copyData(self.data, self.model, snapshot)
-
-    def set_pose(self, joints: dict, pitch: float = 0.0):
-        """Put the robot at rest in a pose (the reward landscape, tests): joint angles in degrees on the start
-        pose, clipped into each joint's range (the start pose's straight knee, 0°, is past the knee's -2° limit),
-        the trunk pitched by `pitch` degrees, and lowered until its lowest point touches the floor."""
-        qpos = self.init_qpos.copy()
-        qpos[3:7] = np.cos(np.radians(pitch) / 2), 0.0, np.sin(np.radians(pitch) / 2), 0.0  # about the y axis
-        for name, degrees in joints.items():
-            joint = self.model.joint(name)
-            qpos[joint.qposadr[0]] = np.clip(np.radians(degrees), *joint.range)
-        self.set_state(qpos, np.zeros(self.model.nv))
-        qpos[2] -= self.lowest_point()
-        self.set_state(qpos, np.zeros(self.model.nv))
-
-    def lowest_point(self) -> float:
-        """Height of the lowest point of the robot's surface (its spheres and capsules)."""
-        model, data = self.model, self.data
-        robot = model.geom_bodyid > 0  # body 0 is the world (the floor)
-        radius, half_length = model.geom_size[robot, 0], model.geom_size[robot, 1]
-        # A capsule's end reaches below its centre by its half-length times the vertical part of its axis.
-        capsule = model.geom_type[robot] == mujoco.mjtGeom.mjGEOM_CAPSULE
-        reach = np.where(capsule, np.abs(data.geom_xmat[robot, 8]) * half_length, 0.0)
-        return float((data.geom_xpos[robot, 2] - reach - radius).min())
-
-
-def require_gl() -> str:
-    """Stop with one sentence, before anything expensive is loaded, where MuJoCo cannot render headless here;
-    returns the OpenGL renderer's name (llvmpipe: Mesa's software renderer, on the CPU)."""
-    try:
-        context = mujoco.GLContext(16, 16)
-        context.make_current()
-        from OpenGL import GL
-
-        renderer = (GL.glGetString(GL.GL_RENDERER) or b"unknown").decode()
-        context.free()
-    except Exception as e:
-        fail(f"MuJoCo cannot render headless with MUJOCO_GL={os.environ['MUJOCO_GL']} ({type(e).__name__}): install "
-             "EGL (Debian: apt-get install libegl1 libgl1-mesa-dri), or OSMesa (libosmesa6) and set MUJOCO_GL=osmesa.")
-    return renderer
-
-
-def software_gl_warning(renderer: str, device) -> str | None:
-    """On a GPU run, a software OpenGL renderer draws every frame on the CPU, often slower than CLIP runs."""
-    software = ("llvmpipe", "softpipe", "swrast", "offscreen")  # Mesa's software renderers (OSMesa's included)
-    if torch.device(device).type == "cuda" and any(name in renderer.lower() for name in software):
-        return (f"warning: MuJoCo draws on the CPU ({renderer}) on a GPU run: install the NVIDIA driver's EGL library "
-                "(Debian/Ubuntu: libnvidia-gl-<driver version>; in a container, NVIDIA_DRIVER_CAPABILITIES=all) and "
-                "keep MUJOCO_GL=egl, so that frames are drawn on the GPU.")
-    return None
-
-
-def require_configured_camera(camera: str):
-    """Stop with one sentence unless frames come from the free camera the scene configures: gymnasium names no
-    camera, and uses a free camera with `default_camera_config` only since version 1.4 (before, the model's
-    tracking camera, and a run would train on other pictures than the paper's)."""
-    env = CLIPHumanoidEnv((16, 16), textured=False, camera=camera, fast_render=True)  # the camera is all it checks
-    env.render()
-    renderer, expected = env.mujoco_renderer, PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG
-    cam = renderer.viewer.cam
-    if renderer.camera_id != -1 or cam.type != mujoco.mjtCamera.mjCAMERA_FREE or not all(
-            np.allclose(getattr(cam, key), value) for key, value in expected.items()):
-        fail(f"the renderer does not use the --camera {camera} view (camera id {renderer.camera_id}, "
-             f"{mujoco.mjtCamera(cam.type).name}): "
-             f"install the gymnasium of requirements.txt (here: {gym.__version__}).")
-    env.close()
 
 
 def make_env(episode_length: int, frame_size=(224, 224), textured: bool = True, camera: str = "paper",
@@ -638,105 +527,8 @@ class SoftActorCritic:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward landscape (the paper's figure 2) and evaluation
-# ---------------------------------------------------------------------------------------------
-def path_pose(task: str, f: float):
-    """(joint angles, pitch) a fraction f of the way from the task's start to its pose."""
-    start, goal = TASKS[task].start, TASKS[task].pose
-    return {j: (1 - f) * start.get(j, 0.0) + f * goal.get(j, 0.0) for j in {**start, **goal}}, f * TASKS[task].pitch
-
-
-def landscape_frames(task: str, frame_size, textured: bool, camera: str, points: int, fast_render: bool = False):
-    """Frames of the robot at rest along a path of poses: the joint angles go in `points` even steps from
-    the task's start (standing, for most) to its hand-built pose. Returns (fractions of the path, frames,
-    in-pose flags of the detector)."""
-    env = CLIPHumanoidEnv(frame_size, textured, camera, fast_render=fast_render)
-    fractions, frames, flags = np.linspace(0.0, 1.0, points), [], []
-    for f in fractions:
-        env.set_pose(*path_pose(task, f))
-        frames.append(env.render())
-        flags.append(in_pose(pose_features(env.data), task))
-    env.close()
-    return fractions, np.stack(frames), np.array(flags)
-
-
-def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
-    """Deterministic episodes (the mean action): per episode its returns, frames (every episode's where CLIP
-    scores them, else the first's, for its image strip) and CLIP rewards, and, where the task's detector judges
-    the run (CLIP and pose runs), the in-pose flags, the fraction of steps in the pose and success."""
-    judged = args.reward != "ground-truth"
-    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
-                   args.textured, args.camera, terminate=not judged, task=args.task if judged else None,
-                   fast_render=args.fast_render)()
-    results = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        frames, in_pose_flags, true_return, done = [], [], 0.0, False
-        while not done:
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, device=device)[None], deterministic=True)[0][0].cpu().numpy()
-            obs, reward, terminated, truncated, info = env.step(action)
-            true_return, done = true_return + reward, terminated or truncated
-            in_pose_flags.append(info.get("in_pose", False))
-            if reward_model is not None or episode == 0:  # CLIP scores every episode; a strip shows the first
-                frames.append(env.render())
-        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
-        pose_fraction = float(np.mean(in_pose_flags)) if judged else np.nan
-        results.append(dict(true_return=true_return, pose_fraction=pose_fraction,
-                            success=float(pose_fraction >= SUCCESS_FRACTION) if judged else np.nan,
-                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
-                            last_frame_clip_reward=float(clip_rewards[-1]) if clip_rewards is not None else np.nan,
-                            frames=frames, clip_rewards=clip_rewards, in_pose=in_pose_flags if judged else None))
-    return results
-
-
-def action_baselines(args) -> dict:
-    """What the task's detector says of doing nothing (zero actions) and of uniform random actions, over
-    --baseline-episodes episodes each from the env's start states: the fraction of steps in the pose and the success
-    rate. Left without torques the robot collapses onto its heels and kneels for a while, so a learned pose
-    counts only where the greedy policy beats both."""
-    env = make_env(args.episode_length, task=args.task, fast_render=True)()  # nothing is rendered
-    env.action_space.seed(args.seed)
-    figures = {}
-    for name, act in (("zero", lambda: np.zeros(env.action_space.shape, np.float32)), ("random", env.action_space.sample)):
-        fractions = []
-        for episode in range(args.baseline_episodes):
-            env.reset(seed=args.seed + 20_000 + episode)  # start states apart from training's and evaluation's
-            steps_in_pose, done = [], False
-            while not done:
-                _, reward, terminated, truncated, _ = env.step(act())
-                steps_in_pose.append(reward)
-                done = terminated or truncated
-            fractions.append(np.mean(steps_in_pose))
-        figures[f"{name}_actions_pose_fraction"] = float(np.mean(fractions))
-        figures[f"{name}_actions_success_rate"] = float(np.mean(np.array(fractions) >= SUCCESS_FRACTION))
-    env.close()
-    return figures
-
-
-def image_strip(frames, clip_rewards, in_pose=None, count: int = 8) -> np.ndarray:
-    """`count` evenly spaced frames of an episode side by side, each with its step, CLIP reward and,
-    with the task's detector, "in pose" where it says so."""
-    from PIL import Image, ImageDraw
-
-    tiles = []
-    for t in np.linspace(0, len(frames) - 1, count).round().astype(int):
-        tile = Image.fromarray(frames[t])
-        text = f"t={t}" + (f" r={clip_rewards[t]:.3f}" if clip_rewards is not None else "")
-        ImageDraw.Draw(tile).text((4, 4), text + (" in pose" if in_pose is not None and in_pose[t] else ""),
-                                  fill=(255, 255, 255))
-        tiles.append(np.asarray(tile))
-    return np.concatenate(tiles, axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def goal_prompts(args) -> tuple[str, ...]:
-    """The goal prompt(s): `--prompt` where given, else the paper's prompt for `--task`."""
-    return args.prompt or (TASKS[args.task].prompt,)
-
-
 def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
@@ -748,12 +540,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     flags = dict(vars(args))  # for checkpoints: the flags as the run began
     device, reward_model = start_up(args, reward_model)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
-    run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
-    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
-    baselines = log_baselines(args, writer, logged_before=bool(state))  # what every learning curve is read against
-    if uses_clip and not state:  # the reward landscape: does the prompt rank the goal pose highest?
-        log_reward_landscape(args, reward_model, frame_size, writer, run_dir)
+    run_dir, writer, baselines = open_run(args, state, reward_model, frame_size)  # and the baselines, the landscape
 
     # Autoreset off: every step is a real transition whose next_obs and frame are the state reached, also at
     # the end of an episode; finished envs are reset by hand. (The authors' code rendered after the vector
@@ -771,99 +558,92 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     # (ground-truth runs) has no success criterion.
     is_success = (lambda steps_in_pose, length: steps_in_pose >= SUCCESS_FRACTION * length) if judged else None
 
+    # The loop's position: transitions collected, rollouts ended, gradient steps taken, the next evaluation.
+    global_step = rollouts_done = updates_done = next_eval = 0
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    exploration, rollout_step = None, 0  # gSDE's noise, and the steps of each env in this rollout
-    to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    global_step, rollouts_done, updates_done, next_eval, losses = 0, 0, 0, 0, {}
-    learning_starts, updates_before = args.learning_starts, 0
-    if state:  # everything as it was at the checkpoint
-        agent.restore(state["agent"])
-        global_step, rollouts_done, updates_done, next_eval = state["counters"]
-        obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-        successes = deque(state["successes"], maxlen=10)
-        restore_random_and_env_state(state, envs, rb)
-        if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
-            obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-            learning_starts, updates_before = global_step + args.learning_starts, updates_done
-    stop, start_time, start_step = StopRequests(), time.time(), global_step
-    seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
+    episode_slots, successes, losses = [[] for _ in range(args.num_envs)], deque(maxlen=10), {}
+    learning_starts = args.learning_starts
+    if state:  # everything as it was at the checkpoint: the run goes on exactly as an uninterrupted one
+        global_step, rollouts_done, updates_done, next_eval = (state[key] for key in POSITION)
+        obs, episode_slots, successes, losses, learning_starts = restore_run(state, args, agent, envs, rb)
+    exploration, rollout_step, to_score, finished = None, 0, [], []  # gSDE's noise; this rollout's steps and frames
+    start_time, start_step, seconds_before = time.time(), global_step, state["seconds"] if state else 0.0
+    elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
     checkpoints_done = global_step // args.checkpoint_interval
-    while global_step < args.total_timesteps:
-        # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
-        if args.sde and rollout_step % args.sde_sample_freq == 0:
-            exploration = actor.sample_exploration(args.num_envs)
-        if global_step < args.learning_starts:
-            actions = envs.action_space.sample()
-        else:
-            with torch.no_grad():
-                actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
-        next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
-        # The reward to learn from: CLIP's (to come), the graded pose detector's (pose runs) or gymnasium's.
-        rewards = np.nan if uses_clip else infos["pose_score"] if args.reward == "pose" else true_rewards
-        # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
-        # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
-        dones = terminations | truncations
-        slots = rb.add(obs, next_obs, actions, rewards, true_rewards,
-                       terminations if args.bootstrap_time_limit else dones)
-        if uses_clip:
-            to_score.append((slots, np.stack(envs.call("render"))))
-        global_step, rollout_step = global_step + args.num_envs, rollout_step + 1
-        for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
-            episode_slots[i].append(slot)
-            if dones[i]:
-                finished.append((global_step, episode_slots[i]))
-                episode_slots[i] = []
-        obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
+    with StopRequests() as stop:
+        while global_step < args.total_timesteps:
+            # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
+            if args.sde and rollout_step % args.sde_sample_freq == 0:
+                exploration = actor.sample_exploration(args.num_envs)
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
+            next_obs, true_rewards, terminations, truncations, infos = envs.step(actions)
+            # The reward to learn from: CLIP's (to come), the graded pose detector's (pose runs) or gymnasium's.
+            rewards = np.nan if uses_clip else infos["pose_score"] if args.reward == "pose" else true_rewards
+            # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
+            # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
+            dones = terminations | truncations
+            slots = rb.add(obs, next_obs, actions, rewards, true_rewards,
+                           terminations if args.bootstrap_time_limit else dones)
+            if uses_clip:
+                to_score.append((slots, np.stack(envs.call("render"))))
+            global_step, rollout_step = global_step + args.num_envs, rollout_step + 1
+            for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
+                episode_slots[i].append(slot)
+                if dones[i]:
+                    finished.append((global_step, episode_slots[i]))
+                    episode_slots[i] = []
+            obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
 
-        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
-        # end of the run: CLIP scores its frames (--clip-chunk-size at a time) and the finished episodes are logged.
-        # After learning starts, each rollout is followed by a training phase of gradient-steps updates (counted in
-        # transitions, so that the updates per transition do not depend on --num-envs).
-        rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
-        if rollout_ends:
-            rollouts_done, rollout_step = global_step // args.train_frequency, 0
-            if to_score:
-                slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
-                rb.rewards[slots] = reward_model(frames).cpu().numpy()
-            successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
-            for end, slots in finished if judged else ():  # the environment's reward is the in-pose flag
-                writer.add_scalar("charts/pose_fraction", rb.true_rewards[slots].mean(), end)
-            to_score, finished = [], []
-        phases = max(rollouts_done - learning_starts // args.train_frequency, 0)
-        updates_owed = updates_before + args.gradient_steps * phases
-        if updates_owed - updates_done >= args.gradient_steps:
-            for _ in range(updates_owed - updates_done):
-                losses = agent.update(*rb.sample(args.batch_size))
-            updates_done = updates_owed
-            log_training_phase(writer, args, actor, losses, successes, global_step, start_step, start_time)
+            # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
+            # end of the run: CLIP scores its frames (--clip-chunk-size at a time), the finished episodes are logged,
+            # and a training phase of gradient-steps updates follows each rollout that ends after learning starts
+            # (rollouts and updates counted in transitions: the updates per transition do not depend on --num-envs).
+            rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
+            if rollout_ends:
+                rollouts_before, rollouts_done, rollout_step = rollouts_done, global_step // args.train_frequency, 0
+                if to_score:
+                    slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
+                    rb.rewards[slots] = reward_model(frames).cpu().numpy()
+                successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
+                for end, slots in finished if judged else ():  # the environment's reward is the in-pose flag
+                    writer.add_scalar("charts/pose_fraction", rb.true_rewards[slots].mean(), end)
+                to_score, finished = [], []
+                waiting = learning_starts // args.train_frequency  # rollouts before the first training phase
+                phases = max(rollouts_done - waiting, 0) - max(rollouts_before - waiting, 0)
+                for _ in range(args.gradient_steps * phases):
+                    losses = agent.update(*rb.sample(args.batch_size))
+                if phases:
+                    updates_done += args.gradient_steps * phases
+                    log_training_phase(writer, args, actor, losses, successes, global_step, start_step, start_time)
 
-        if global_step >= next_eval and global_step > args.learning_starts:
-            evaluate_and_log(actor, reward_model, args, device, writer, run_dir, max(args.eval_episodes, 1),
-                             args.seed, global_step)
-            next_eval = global_step + args.video_interval
+            if global_step >= next_eval and global_step > args.learning_starts:
+                evaluate_and_log(actor, reward_model, args, device, writer, run_dir, max(args.eval_episodes, 1),
+                                 args.seed, global_step)
+                next_eval = global_step + args.video_interval
 
-        # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
-        # at the end, and when SIGTERM or Ctrl-C asked the run to stop.
-        if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
-                             or global_step >= args.total_timesteps):
-            checkpoints_done = global_step // args.checkpoint_interval
-            save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, seconds=seconds_before + time.time() - start_time,
-                counters=(global_step, rollouts_done, updates_done, next_eval),
-                agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
-                losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
-            if stop:
-                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
-    stop.close()
+            # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval
+            # transitions, at the end, and when SIGTERM or Ctrl-C asked the run to stop.
+            if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
+                                 or global_step >= args.total_timesteps):
+                checkpoints_done = global_step // args.checkpoint_interval
+                save_checkpoint(run_dir, dict(
+                    args=flags, seconds=elapsed(), global_step=global_step, rollouts_done=rollouts_done,
+                    updates_done=updates_done, next_eval=next_eval, learning_starts=learning_starts,
+                    agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
+                    losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
+                if stop:
+                    stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     envs.close()
-    sps = global_step / (seconds_before + time.time() - start_time)  # training only: not the final evaluation
-
+    sps = global_step / elapsed()  # training only: not the final evaluation
     results = evaluate_and_log(actor, reward_model, args, device, writer, run_dir, args.eval_episodes,
                                args.seed + 10_000, global_step)
     final = final_results(results, args, successes, losses, baselines, rb, reward_model, global_step=global_step,
-                          gradient_steps_done=updates_done, run_dir=run_dir, sps=sps,
-                          wall_seconds=seconds_before + time.time() - start_time)
+                          gradient_steps_done=updates_done, run_dir=run_dir, sps=sps, wall_seconds=elapsed())
     write_results(run_dir, args, final, agent.state_dict())
     close_writer(writer, args)
     return final
@@ -872,6 +652,20 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Run bookkeeping, below the method: start-up, evaluation logging, checkpoints, final results
 # ---------------------------------------------------------------------------------------------
+# Allowed values of the numeric flags, checked before anything is loaded.
+RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
+              learning_rate="(0, inf)", buffer_size="[1, inf)", gamma="[0, 1]", tau="(0, 1]", batch_size="[1, inf)",
+              learning_starts="[0, inf)", train_frequency="[1, inf)", gradient_steps="[1, inf)", hidden_size="[1, inf)",
+              ent_coef="[0, inf)", sde_sample_freq="[1, inf)", log_std_init="(-inf, inf)", eval_episodes="[0, inf)",
+              video_interval="[1, inf)", clip_chunk_size="[0, inf)", landscape_points="[2, inf)",
+              checkpoint_interval="[1, inf)", torch_threads="[0, inf)", baseline_episodes="[0, inf)")
+
+
+def goal_prompts(args) -> tuple[str, ...]:
+    """The goal prompt(s): `--prompt` where given, else the paper's prompt for `--task`."""
+    return args.prompt or (TASKS[args.task].prompt,)
+
+
 def start_up(args, reward_model: CLIPReward | None):
     """The checks and settings a run needs before anything is built; returns (device, reward model)."""
     uses_clip = args.reward == "clip"
@@ -891,6 +685,36 @@ def start_up(args, reward_model: CLIPReward | None):
     if uses_clip and reward_model is None:
         reward_model = load_clip_reward(args, device)
     return device, reward_model
+
+
+def open_run(args, state: dict | None, reward_model: CLIPReward | None, frame_size) -> tuple:
+    """The run's folder (a resumed run's own), its TensorBoard writer and its action baselines; a new CLIP run
+    also logs its reward landscape (does the prompt rank the goal pose highest?)."""
+    run_name = f"Humanoid__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.normpath(args.resume or os.path.join(args.output_dir, run_name))
+    writer = open_writer(run_dir, args, resume_step=state["global_step"] + 1 if state else None)
+    baselines = log_baselines(args, writer, logged_before=bool(state))  # what every learning curve is read against
+    if args.reward == "clip" and not state:
+        log_reward_landscape(args, reward_model, frame_size, writer, run_dir)
+    return run_dir, writer, baselines
+
+
+# The loop's position in a checkpoint (main reads it back under these names).
+POSITION = ("global_step", "rollouts_done", "updates_done", "next_eval")
+
+
+def restore_run(state: dict, args, agent, envs, rb) -> tuple:
+    """The agent, random streams, envs and replay buffer as they were at the checkpoint; returns the loop's
+    episodes in progress, recent successes, last losses and the transition count where training starts. A
+    checkpoint without its buffer (--no-checkpoint-buffer) starts new episodes into a fresh buffer, and training
+    waits for learning-starts new transitions."""
+    agent.restore(state["agent"])
+    restore_random_and_env_state(state, envs, rb)
+    obs, episode_slots, learning_starts = state["obs"], state["episode_slots"], state["learning_starts"]
+    if state["buffer"] is None:
+        obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
+        learning_starts = state["global_step"] + args.learning_starts
+    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], learning_starts
 
 
 def log_baselines(args, writer, logged_before: bool) -> dict:
@@ -987,6 +811,164 @@ def final_results(results: list, args, successes, losses: dict, baselines: dict,
             f"{final['eval_last_frame_clip_reward']:.4g}" if uses_clip else "")
     print(f"eval: {success}return {final['eval_episodic_return']:.1f}{clip}")
     return final
+
+
+def require_gl() -> str:
+    """Stop with one sentence, before anything expensive is loaded, where MuJoCo cannot render headless here;
+    returns the OpenGL renderer's name (llvmpipe: Mesa's software renderer, on the CPU)."""
+    try:
+        context = mujoco.GLContext(16, 16)
+        context.make_current()
+        from OpenGL import GL
+
+        renderer = (GL.glGetString(GL.GL_RENDERER) or b"unknown").decode()
+        context.free()
+    except Exception as e:
+        fail(f"MuJoCo cannot render headless with MUJOCO_GL={os.environ['MUJOCO_GL']} ({type(e).__name__}): install "
+             "EGL (Debian: apt-get install libegl1 libgl1-mesa-dri), or OSMesa (libosmesa6) and set MUJOCO_GL=osmesa.")
+    return renderer
+
+
+def software_gl_warning(renderer: str, device) -> str | None:
+    """On a GPU run, a software OpenGL renderer draws every frame on the CPU, often slower than CLIP runs."""
+    software = ("llvmpipe", "softpipe", "swrast", "offscreen")  # Mesa's software renderers (OSMesa's included)
+    if torch.device(device).type == "cuda" and any(name in renderer.lower() for name in software):
+        return (f"warning: MuJoCo draws on the CPU ({renderer}) on a GPU run: install the NVIDIA driver's EGL library "
+                "(Debian/Ubuntu: libnvidia-gl-<driver version>; in a container, NVIDIA_DRIVER_CAPABILITIES=all) and "
+                "keep MUJOCO_GL=egl, so that frames are drawn on the GPU.")
+    return None
+
+
+def require_configured_camera(camera: str):
+    """Stop with one sentence unless frames come from the free camera the scene configures: gymnasium names no
+    camera, and uses a free camera with `default_camera_config` only since version 1.4 (before, the model's
+    tracking camera, and a run would train on other pictures than the paper's)."""
+    env = CLIPHumanoidEnv((16, 16), textured=False, camera=camera, fast_render=True)  # the camera is all it checks
+    env.render()
+    renderer, expected = env.mujoco_renderer, PAPER_CAMERA if camera == "paper" else DEFAULT_CAMERA_CONFIG
+    cam = renderer.viewer.cam
+    if renderer.camera_id != -1 or cam.type != mujoco.mjtCamera.mjCAMERA_FREE or not all(
+            np.allclose(getattr(cam, key), value) for key, value in expected.items()):
+        fail(f"the renderer does not use the --camera {camera} view (camera id {renderer.camera_id}, "
+             f"{mujoco.mjtCamera(cam.type).name}): "
+             f"install the gymnasium of requirements.txt (here: {gym.__version__}).")
+    env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: the reward landscape's frames, greedy evaluation, the action baselines
+# ---------------------------------------------------------------------------------------------
+def set_pose(env: CLIPHumanoidEnv, joints: dict, pitch: float = 0.0):
+    """Put the robot at rest in a pose (the reward landscape, tests): joint angles in degrees on the start pose,
+    clipped into each joint's range (the start pose's straight knee, 0°, is past the knee's -2° limit), the trunk
+    pitched by `pitch` degrees, and lowered until its lowest point touches the floor."""
+    qpos = env.init_qpos.copy()
+    qpos[3:7] = np.cos(np.radians(pitch) / 2), 0.0, np.sin(np.radians(pitch) / 2), 0.0  # about the y axis
+    for name, degrees in joints.items():
+        joint = env.model.joint(name)
+        qpos[joint.qposadr[0]] = np.clip(np.radians(degrees), *joint.range)
+    env.set_state(qpos, np.zeros(env.model.nv))
+    qpos[2] -= lowest_point(env.model, env.data)
+    env.set_state(qpos, np.zeros(env.model.nv))
+
+
+def lowest_point(model, data) -> float:
+    """Height of the lowest point of the robot's surface (its spheres and capsules)."""
+    robot = model.geom_bodyid > 0  # body 0 is the world (the floor)
+    radius, half_length = model.geom_size[robot, 0], model.geom_size[robot, 1]
+    # A capsule's end reaches below its centre by its half-length times the vertical part of its axis.
+    capsule = model.geom_type[robot] == mujoco.mjtGeom.mjGEOM_CAPSULE
+    reach = np.where(capsule, np.abs(data.geom_xmat[robot, 8]) * half_length, 0.0)
+    return float((data.geom_xpos[robot, 2] - reach - radius).min())
+
+
+def path_pose(task: str, f: float):
+    """(joint angles, pitch) a fraction f of the way from the task's start to its pose."""
+    start, goal = TASKS[task].start, TASKS[task].pose
+    return {j: (1 - f) * start.get(j, 0.0) + f * goal.get(j, 0.0) for j in {**start, **goal}}, f * TASKS[task].pitch
+
+
+def landscape_frames(task: str, frame_size, textured: bool, camera: str, points: int, fast_render: bool = False):
+    """Frames of the robot at rest along a path of poses: the joint angles go in `points` even steps from
+    the task's start (standing, for most) to its hand-built pose. Returns (fractions of the path, frames,
+    in-pose flags of the detector)."""
+    env = CLIPHumanoidEnv(frame_size, textured, camera, fast_render=fast_render)
+    fractions, frames, flags = np.linspace(0.0, 1.0, points), [], []
+    for f in fractions:
+        set_pose(env, *path_pose(task, f))
+        frames.append(env.render())
+        flags.append(in_pose(pose_features(env.data), task))
+    env.close()
+    return fractions, np.stack(frames), np.array(flags)
+
+
+def evaluate(actor, reward_model, args, device, episodes: int, seed: int) -> list:
+    """Deterministic episodes (the mean action): per episode its returns, frames (every episode's where CLIP
+    scores them, else the first's, for its image strip) and CLIP rewards, and, where the task's detector judges
+    the run (CLIP and pose runs), the in-pose flags, the fraction of steps in the pose and success."""
+    judged = args.reward != "ground-truth"
+    env = make_env(args.episode_length, reward_model.image_size if reward_model is not None else (224, 224),
+                   args.textured, args.camera, terminate=not judged, task=args.task if judged else None,
+                   fast_render=args.fast_render)()
+    results = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        frames, in_pose_flags, true_return, done = [], [], 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, device=device)[None], deterministic=True)[0][0].cpu().numpy()
+            obs, reward, terminated, truncated, info = env.step(action)
+            true_return, done = true_return + reward, terminated or truncated
+            in_pose_flags.append(info.get("in_pose", False))
+            if reward_model is not None or episode == 0:  # CLIP scores every episode; a strip shows the first
+                frames.append(env.render())
+        clip_rewards = reward_model(np.stack(frames)).cpu().numpy() if reward_model is not None else None
+        pose_fraction = float(np.mean(in_pose_flags)) if judged else np.nan
+        results.append(dict(true_return=true_return, pose_fraction=pose_fraction,
+                            success=float(pose_fraction >= SUCCESS_FRACTION) if judged else np.nan,
+                            clip_return=float(clip_rewards.sum()) if clip_rewards is not None else np.nan,
+                            last_frame_clip_reward=float(clip_rewards[-1]) if clip_rewards is not None else np.nan,
+                            frames=frames, clip_rewards=clip_rewards, in_pose=in_pose_flags if judged else None))
+    return results
+
+
+def action_baselines(args) -> dict:
+    """What the task's detector says of doing nothing (zero actions) and of uniform random actions, over
+    --baseline-episodes episodes each from the env's start states: the fraction of steps in the pose and the success
+    rate. Left without torques the robot collapses onto its heels and kneels for a while, so a learned pose
+    counts only where the greedy policy beats both."""
+    env = make_env(args.episode_length, task=args.task, fast_render=True)()  # nothing is rendered
+    env.action_space.seed(args.seed)
+    figures = {}
+    for name, act in (("zero", lambda: np.zeros(env.action_space.shape, np.float32)), ("random", env.action_space.sample)):
+        fractions = []
+        for episode in range(args.baseline_episodes):
+            env.reset(seed=args.seed + 20_000 + episode)  # start states apart from training's and evaluation's
+            steps_in_pose, done = [], False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(act())
+                steps_in_pose.append(reward)
+                done = terminated or truncated
+            fractions.append(np.mean(steps_in_pose))
+        figures[f"{name}_actions_pose_fraction"] = float(np.mean(fractions))
+        figures[f"{name}_actions_success_rate"] = float(np.mean(np.array(fractions) >= SUCCESS_FRACTION))
+    env.close()
+    return figures
+
+
+def image_strip(frames, clip_rewards, in_pose=None, count: int = 8) -> np.ndarray:
+    """`count` evenly spaced frames of an episode side by side, each with its step, CLIP reward and,
+    with the task's detector, "in pose" where it says so."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for t in np.linspace(0, len(frames) - 1, count).round().astype(int):
+        tile = Image.fromarray(frames[t])
+        text = f"t={t}" + (f" r={clip_rewards[t]:.3f}" if clip_rewards is not None else "")
+        ImageDraw.Draw(tile).text((4, 4), text + (" in pose" if in_pose is not None and in_pose[t] else ""),
+                                  fill=(255, 255, 255))
+        tiles.append(np.asarray(tile))
+    return np.concatenate(tiles, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1118,6 +1100,36 @@ def scene_file(textured: bool, frame_size: tuple, fast_render: bool = False) -> 
 # The thresholds were set on poses built by hand and checked by eye, and on random-action rollouts:
 # benchmarks/pose_contact_sheet.py shows what each detector accepts and its nearest misses, and
 # tests/test_pose.py checks the hand-built poses.
+SUCCESS_FRACTION = 0.5  # the paper's criterion: in the pose for at least half of the episode's steps
+
+
+INSIDE = 0.25  # the graded part is full only this many margins inside each threshold: it pulls on past the detector's boundary
+
+
+def condition_depth(features: dict, condition) -> float:
+    """How far a feature is inside its threshold (negative when the condition fails, by that much)."""
+    feature, op, threshold, _ = condition
+    return features[feature] - threshold if op == ">" else threshold - features[feature]
+
+
+def in_pose(features: dict, task: str) -> bool:
+    """The detector: every condition of the task holds."""
+    return all(condition_depth(features, c) >= 0.0 for c in TASKS[task].conditions)
+
+
+def pose_score(features: dict, task: str) -> float:
+    """`--reward pose`: half the detector's in-pose flag, half a graded part in [0, 1].
+
+    The graded part is the mean over the task's conditions of clip((depth + margin) / ((1 + INSIDE) margin), 0, 1):
+    0 one margin outside a threshold, 0.8 at it, 1 a quarter margin inside. Far from the pose it says "closer";
+    at the boundary it still pays to go further in, so the body does not hover where the flag flickers. The flag
+    makes every step in the pose worth more than any step out of it: 0.9-1 in the pose, below 0.5 out of it.
+    """
+    conditions = TASKS[task].conditions
+    shares = [min(max((condition_depth(features, c) + c[3]) / ((1 + INSIDE) * c[3]), 0.0), 1.0) for c in conditions]
+    return 0.5 * sum(shares) / len(shares) + 0.5 * in_pose(features, task)
+
+
 HIP_HALF_WIDTH = 0.16  # the outer side of the hips, from the pelvis's centre (its capsule: half-length 0.07 + radius 0.09)
 
 
@@ -1385,12 +1397,13 @@ def seed_everything(seed: int, torch_deterministic: bool):
 
 
 class StopRequests(list):
-    """SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C ask the run to stop at the end
-    of the rollout, after a checkpoint; a second Ctrl-C stops it at once. `close()` gives the signals back."""
+    """`with StopRequests() as stop:` SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C
+    ask the run to stop at the end of the rollout, after a checkpoint (`stop` is then true); a second Ctrl-C stops
+    it at once. Leaving the block gives the signals back."""
 
-    def __init__(self):
-        super().__init__()
+    def __enter__(self):
         self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+        return self
 
     def handle(self, signum, frame):
         if signum == signal.SIGINT and "SIGINT" in self:
@@ -1399,7 +1412,7 @@ class StopRequests(list):
         os.write(1, f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: "
                     "now, without one)\n".encode())  # not print: the signal may arrive while print writes
 
-    def close(self):
+    def __exit__(self, *exception):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
@@ -1409,7 +1422,6 @@ def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
     print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
           f"--resume {run_dir}", flush=True)
     close_writer(writer, args)
-    stop.close()
     raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 

@@ -12,11 +12,10 @@ flat drawing CLIP cannot tell where the car is and the task fails (`--no-texture
     python sac_clip_mountaincar.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python sac_clip_mountaincar.py --reward ground-truth      # the RL half alone, no CLIP
 
-Top to bottom, the method: the arguments (`Args`); the environment (`CLIPMountainCarEnv`: the paper's changes, drawn
-as a picture-like scene); the reward (`CLIPReward`); the replay buffer; the update (`SoftActorCritic.update`, with
-generalized state-dependent exploration); the loop (`main`). Below `main`: the run's bookkeeping (flag ranges, seeding,
-the reward landscape, resuming, logging, stopping, final results); for reference, the landscape's frames, evaluation
-and the scene (`draw_scene` with its texture noise, `draw_car`); the plumbing (flag checks, loading CLIP, checkpoints).
+Where each part is: the arguments, `Args`; the environment, `CLIPMountainCarEnv` (the paper's changes, drawn as a
+picture-like scene); the reward, `CLIPReward`; the update, `SoftActorCritic.update` (with generalized state-dependent
+exploration); the loop, `main`. Below `main`, for reference: the run's bookkeeping (start-up, the reward landscape,
+resume, logging, final results); the landscape's frames, evaluation and the scene's drawing; the plumbing.
 """
 
 import glob
@@ -147,10 +146,9 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------
-# Environment: MountainCar as the paper set it up, drawn so that CLIP can see where the car is
+# Environment: MountainCar as the paper set it up, drawn so that CLIP can see where the car is (the drawing is
+# below main: draw_scene with its texture noise, draw_car, and to_pixels, the scene's geometry)
 # ---------------------------------------------------------------------------------------------
-
-
 class CLIPMountainCarEnv(Continuous_MountainCarEnv):
     """gymnasium's MountainCarContinuous with the paper's changes, rendered at CLIP's input size.
 
@@ -195,13 +193,6 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         self.state = np.array([position, velocity], dtype=np.float32)
         self.at_goal = bool(position >= self.goal_position)
 
-    # Geometry of gymnasium's 600x400 scene (y up from the bottom, 333 px per unit), stretched to
-    # the frame like the resize the authors applied, so the two renderers agree on where things are.
-    def to_pixels(self, x, y):
-        height, width = self.frame_size
-        scale = 600 / (self.max_position - self.min_position)
-        return (np.asarray(x) - self.min_position) * scale * width / 600, (400 - np.asarray(y) * scale) * height / 400
-
     def render(self):
         if not self.textured:  # gymnasium's drawing, resized
             from PIL import Image
@@ -210,11 +201,8 @@ class CLIPMountainCarEnv(Continuous_MountainCarEnv):
         import pygame
 
         if self._scene is None:  # the static part, drawn once
-            self._scene = pygame.surfarray.make_surface(self.draw_scene().transpose(1, 0, 2))
-        return draw_car(self, self._scene.copy())  # below main: the car, tilted with the slope
-
-    def draw_scene(self) -> np.ndarray:
-        return draw_scene(self)  # below main, with the texture noise: sky, hills, the textured mountain, the flag
+            self._scene = pygame.surfarray.make_surface(draw_scene(self).transpose(1, 0, 2))  # sky, hills, the flag
+        return draw_car(self, self._scene.copy())  # the car, tilted with the slope
 
 
 def make_env(episode_length: int, frame_size=(224, 224), textured: bool = True):
@@ -510,10 +498,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
     args = resumed_args(Args, state, args.resume) if state else args
-    flags = check_flags_and_seed(args)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.reward == "clip" and reward_model is None:
-        reward_model = load_clip_reward(args, device)
+    flags, device, reward_model = start_up(args, reward_model)  # flag checks, seeds, the device, CLIP
     uses_clip = reward_model is not None
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_dir, writer = open_run(args, state, reward_model)  # and, starting a CLIP run, its reward landscape
@@ -529,83 +514,83 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     rb = ReplayBuffer(args.buffer_size, observation_space.shape[0], action_space.shape, np.float32, device)
     is_success = lambda true_return, length: true_return > 0  # noqa: E731  (the car reached the flag)
 
+    # The loop's position: transitions collected, rollouts ended, gradient steps taken, the next video.
+    global_step = rollouts_done = updates_done = next_video = 0
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    exploration, rollout_step = None, 0  # gSDE's noise, and the steps of each env in this rollout
-    to_score, episode_slots, finished, successes = [], [[] for _ in range(args.num_envs)], [], deque(maxlen=10)
-    counters, losses, learning_starts, updates_before = (0, 0, 0, 0), {}, args.learning_starts, 0
-    if state:  # everything as it was at the checkpoint
-        counters, obs, episode_slots, successes, losses, learning_starts, updates_before = restore_run(
-            state, args, agent, envs, rb)
-    global_step, rollouts_done, updates_done, next_video = counters
-    stop, start_time, start_step = StopRequests(), time.time(), global_step
-    seconds_before = state["seconds"] if state else 0.0  # training time of the sessions before a resume
+    episode_slots, successes, losses = [[] for _ in range(args.num_envs)], deque(maxlen=10), {}
+    learning_starts = args.learning_starts
+    if state:  # everything as it was at the checkpoint: the run goes on exactly as an uninterrupted one
+        global_step, rollouts_done, updates_done, next_video = (state[key] for key in POSITION)
+        obs, episode_slots, successes, losses, learning_starts = restore_run(state, args, agent, envs, rb)
+    exploration, rollout_step, to_score, finished = None, 0, [], []  # gSDE's noise; this rollout's steps and frames
+    start_time, start_step, seconds_before = time.time(), global_step, state["seconds"] if state else 0.0
     elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
     checkpoints_done = global_step // args.checkpoint_interval
-    while global_step < args.total_timesteps:
-        # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
-        if args.sde and rollout_step % args.sde_sample_freq == 0:
-            exploration = actor.sample_exploration(args.num_envs)
-        if global_step < args.learning_starts:
-            actions = envs.action_space.sample()
-        else:
-            with torch.no_grad():
-                actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
-        next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
-        # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
-        # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
-        # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
-        dones = terminations | truncations
-        slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
-                       terminations if args.bootstrap_time_limit else dones)
-        if uses_clip:
-            to_score.append((slots, np.stack(envs.call("render"))))
-        global_step, rollout_step = global_step + args.num_envs, rollout_step + 1
-        for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
-            episode_slots[i].append(slot)
-            if dones[i]:
-                finished.append((global_step, episode_slots[i]))
-                episode_slots[i] = []
-        obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
+    with StopRequests() as stop:
+        while global_step < args.total_timesteps:
+            # gSDE's noise, one matrix per env, drawn as SB3 does: at each rollout's start, then every sde-sample-freq steps.
+            if args.sde and rollout_step % args.sde_sample_freq == 0:
+                exploration = actor.sample_exploration(args.num_envs)
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    actions = actor(torch.as_tensor(obs, device=device), exploration)[0].cpu().numpy()
+            next_obs, true_rewards, terminations, truncations, _ = envs.step(actions)
+            # The reward is CLIP's: NaN in the buffer until the frame of the state reached has been scored.
+            # The paper's envs set terminated=True at the time limit, so SB3 never bootstrapped from an episode's
+            # last state; --bootstrap-time-limit stores the time limit as a truncation instead (bootstrapped).
+            dones = terminations | truncations
+            slots = rb.add(obs, next_obs, actions, np.nan if uses_clip else true_rewards, true_rewards,
+                           terminations if args.bootstrap_time_limit else dones)
+            if uses_clip:
+                to_score.append((slots, np.stack(envs.call("render"))))
+            global_step, rollout_step = global_step + args.num_envs, rollout_step + 1
+            for i, slot in enumerate(slots):  # each env's episode so far, as replay slots
+                episode_slots[i].append(slot)
+                if dones[i]:
+                    finished.append((global_step, episode_slots[i]))
+                    episode_slots[i] = []
+            obs = envs.reset(options={"reset_mask": dones})[0] if dones.any() else next_obs
 
-        # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
-        # end of the run: CLIP scores its frames (--clip-chunk-size at a time) and the finished episodes are logged.
-        # After learning starts, each rollout is followed by a training phase of gradient-steps updates (counted in
-        # transitions, so that the updates per transition do not depend on --num-envs).
-        rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
-        if rollout_ends:
-            rollouts_done, rollout_step = global_step // args.train_frequency, 0
-            if to_score:
-                slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
-                rb.rewards[slots] = reward_model(frames).cpu().numpy()
-            successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
-            to_score, finished = [], []
-        phases = max(rollouts_done - learning_starts // args.train_frequency, 0)
-        updates_owed = updates_before + args.gradient_steps * phases
-        if updates_owed - updates_done >= args.gradient_steps:
-            for _ in range(updates_owed - updates_done):
-                losses = agent.update(*rb.sample(args.batch_size))
-            updates_done = updates_owed
-            log_training_phase(writer, args, global_step, losses, actor, successes,
-                               sps=int((global_step - start_step) / (time.time() - start_time)))
+            # A rollout ends each time the step count passes a multiple of train-frequency (as SB3's do), and at the
+            # end of the run: CLIP scores its frames (--clip-chunk-size at a time), the finished episodes are logged,
+            # and a training phase of gradient-steps updates follows each rollout that ends after learning starts
+            # (rollouts and updates counted in transitions: the updates per transition do not depend on --num-envs).
+            rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
+            if rollout_ends:
+                rollouts_before, rollouts_done, rollout_step = rollouts_done, global_step // args.train_frequency, 0
+                if to_score:
+                    slots, frames = (np.concatenate(parts) for parts in zip(*to_score))
+                    rb.rewards[slots] = reward_model(frames).cpu().numpy()
+                successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
+                to_score, finished = [], []
+                waiting = learning_starts // args.train_frequency  # rollouts before the first training phase
+                phases = max(rollouts_done - waiting, 0) - max(rollouts_before - waiting, 0)
+                for _ in range(args.gradient_steps * phases):
+                    losses = agent.update(*rb.sample(args.batch_size))
+                if phases:
+                    updates_done += args.gradient_steps * phases
+                    log_training_phase(writer, args, global_step, losses, actor, successes,
+                                       sps=int((global_step - start_step) / (time.time() - start_time)))
 
-        if args.capture_video and global_step >= next_video:
-            save_eval_video(actor, reward_model, args, device, run_dir, global_step)
-            next_video += args.video_interval
+            if args.capture_video and global_step >= next_video:
+                save_eval_video(actor, reward_model, args, device, run_dir, global_step)
+                next_video += args.video_interval
 
-        # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval transitions,
-        # at the end, and when SIGTERM or Ctrl-C asked the run to stop.
-        if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
-                             or global_step >= args.total_timesteps):
-            checkpoints_done = global_step // args.checkpoint_interval
-            save_checkpoint(run_dir, dict(
-                args=flags, global_step=global_step, seconds=elapsed(),
-                counters=(global_step, rollouts_done, updates_done, next_video),
-                agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
-                losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
-            if stop:
-                stop_after_checkpoint(stop, global_step, run_dir, writer, args)
-    stop.close()
+            # Checkpoints at the end of a rollout (nothing waits for CLIP then): every checkpoint-interval
+            # transitions, at the end, and when SIGTERM or Ctrl-C asked the run to stop.
+            if rollout_ends and (stop or global_step // args.checkpoint_interval > checkpoints_done
+                                 or global_step >= args.total_timesteps):
+                checkpoints_done = global_step // args.checkpoint_interval
+                save_checkpoint(run_dir, dict(
+                    args=flags, seconds=elapsed(), global_step=global_step, rollouts_done=rollouts_done,
+                    updates_done=updates_done, next_video=next_video, learning_starts=learning_starts,
+                    agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
+                    losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
+                if stop:
+                    stop_after_checkpoint(stop, global_step, run_dir, writer, args)
     envs.close()
     sps = global_step / elapsed()  # training only: not the final evaluation
     return final_results(args, agent, reward_model, device, rb, writer, successes, elapsed, dict(
@@ -624,14 +609,18 @@ RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", to
               checkpoint_interval="[1, inf)", torch_threads="[0, inf)")
 
 
-def check_flags_and_seed(args) -> dict:
-    """Bad flags stop the run before anything loads, then every random stream is seeded; returns the flags to keep."""
+def start_up(args, reward_model: CLIPReward | None) -> tuple:
+    """Bad flags stop the run before anything loads, then every random stream is seeded and the device chosen; a
+    CLIP run loads its reward model (unless a test gave one). Returns the flags to keep, the device and the model."""
     check_flags(args, RANGES)
     flags = dict(vars(args))  # for checkpoints: the flags as the run began
     seed_everything(args.seed, args.torch_deterministic)
     if args.torch_threads:  # else torch spins a thread on every core, and runs sharing a machine slow each other
         torch.set_num_threads(args.torch_threads)
-    return flags
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.reward == "clip" and reward_model is None:
+        reward_model = load_clip_reward(args, device)
+    return flags, device, reward_model
 
 
 def open_run(args, state: dict | None, reward_model: CLIPReward | None) -> tuple[str, SummaryWriter]:
@@ -661,18 +650,22 @@ def log_reward_landscape(reward_model: CLIPReward, args, writer, run_dir: str):
     estimate_run_time(reward_model, frames, args)
 
 
+# The loop's position in a checkpoint (main reads it back under these names).
+POSITION = ("global_step", "rollouts_done", "updates_done", "next_video")
+
+
 def restore_run(state: dict, args, agent, envs, rb) -> tuple:
-    """A resumed run goes on exactly as the uninterrupted one: everything as it was at the checkpoint."""
+    """The agent, random streams, envs and replay buffer as they were at the checkpoint; returns the loop's
+    episodes in progress, recent successes, last losses and the transition count where training starts. A
+    checkpoint without its buffer (--no-checkpoint-buffer) starts new episodes into a fresh buffer, and training
+    waits for learning-starts new transitions."""
     agent.restore(state["agent"])
-    obs, episode_slots, losses = state["obs"], state["episode_slots"], state["losses"]
-    successes = deque(state["successes"], maxlen=10)
     restore_random_and_env_state(state, envs, rb)
-    learning_starts, updates_before = args.learning_starts, 0
-    if state["buffer"] is None:  # a fresh buffer: new episodes; training waits for learning-starts transitions
+    obs, episode_slots, learning_starts = state["obs"], state["episode_slots"], state["learning_starts"]
+    if state["buffer"] is None:
         obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-        global_step, _, updates_done, _ = state["counters"]
-        learning_starts, updates_before = global_step + args.learning_starts, updates_done
-    return state["counters"], obs, episode_slots, successes, losses, learning_starts, updates_before
+        learning_starts = state["global_step"] + args.learning_starts
+    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], learning_starts
 
 
 def log_training_phase(writer, args, step: int, losses: dict, actor, successes, sps: int):
@@ -770,6 +763,14 @@ def value_noise(rng, height: int, width: int, octaves: int = 5, base_cells: int 
 # ==== END SHARED BLOCK: value-noise ====
 
 
+def to_pixels(env, x, y):
+    """Geometry of gymnasium's 600x400 scene (y up from the bottom, 333 px per unit), stretched to the frame like
+    the resize the authors applied, so the two renderers agree on where things are."""
+    height, width = env.frame_size
+    scale = 600 / (env.max_position - env.min_position)
+    return (np.asarray(x) - env.min_position) * scale * width / 600, (400 - np.asarray(y) * scale) * height / 400
+
+
 def draw_scene(env) -> np.ndarray:
     """The static part of the textured frame of `env` (a CLIPMountainCarEnv), (H, W, 3) uint8: sky, hills, the textured
     mountain, the flag."""
@@ -781,7 +782,7 @@ def draw_scene(env) -> np.ndarray:
 
     columns = np.arange(width) + 0.5
     world_x = env.min_position + columns / width * (env.max_position - env.min_position)
-    _, surface_row = env.to_pixels(world_x, env._height(world_x))
+    _, surface_row = to_pixels(env, world_x, env._height(world_x))
     hills_row = height * (0.42 + 0.06 * np.sin(world_x * 4.0 + 1.0) + 0.03 * np.sin(world_x * 11.0))
     depth = np.arange(height)[:, None] - surface_row[None, :]  # pixels below the track surface
     texture = value_noise(rng, height, width)
@@ -794,7 +795,7 @@ def draw_scene(env) -> np.ndarray:
     image[depth >= 0] = ground[depth >= 0]
 
     # The flag: a dark pole rising from the track at the goal, a yellow cloth at its top.
-    fx, fy = env.to_pixels(env.goal_position, env._height(env.goal_position))
+    fx, fy = to_pixels(env, env.goal_position, env._height(env.goal_position))
     pole_top = fy - 0.13 * height
     fx, pole_width = int(round(fx)), max(1, width // 150)
     image[int(pole_top): int(fy), fx - pole_width // 2: fx + pole_width // 2 + 1] = (60, 60, 60)
@@ -812,7 +813,7 @@ def draw_car(env, surf) -> np.ndarray:
 
     height, width = env.frame_size
     position = float(env.state[0])
-    px, py = env.to_pixels(position, env._height(position))
+    px, py = to_pixels(env, position, env._height(position))
     slope = 1.35 * math.cos(3 * position) * (height / 400) / (width / 600)  # pixel slope of the track
     angle = math.atan(slope)
     along, normal = np.array([math.cos(angle), -math.sin(angle)]), np.array([math.sin(angle), math.cos(angle)])
@@ -976,12 +977,13 @@ def seed_everything(seed: int, torch_deterministic: bool):
 
 
 class StopRequests(list):
-    """SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C ask the run to stop at the end
-    of the rollout, after a checkpoint; a second Ctrl-C stops it at once. `close()` gives the signals back."""
+    """`with StopRequests() as stop:` SIGTERM (what SLURM sends before a time limit or a preemption) and Ctrl-C
+    ask the run to stop at the end of the rollout, after a checkpoint (`stop` is then true); a second Ctrl-C stops
+    it at once. Leaving the block gives the signals back."""
 
-    def __init__(self):
-        super().__init__()
+    def __enter__(self):
         self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+        return self
 
     def handle(self, signum, frame):
         if signum == signal.SIGINT and "SIGINT" in self:
@@ -990,7 +992,7 @@ class StopRequests(list):
         os.write(1, f"{self[-1]}: the run stops at the end of this rollout, after a checkpoint (Ctrl-C again: "
                     "now, without one)\n".encode())  # not print: the signal may arrive while print writes
 
-    def close(self):
+    def __exit__(self, *exception):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
@@ -1000,7 +1002,6 @@ def stop_after_checkpoint(stop, step: int, run_dir: str, writer, args):
     print(f"stopped at step {step} ({stop[0]}); to go on: python {os.path.basename(__file__)} "
           f"--resume {run_dir}", flush=True)
     close_writer(writer, args)
-    stop.close()
     raise SystemExit(143 if stop[0] == "SIGTERM" else 130)
 
 

@@ -107,10 +107,10 @@ def collect_states(env, args: Args):
     rng = np.random.default_rng(args.seed)
     states = []
     for name, pose in POSES.items():
-        env.set_pose(pose.joints, pose.pitch)
+        humanoid.set_pose(env, pose.joints, pose.pitch)
         states.append((name, env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()))
         for k in range(args.jitters):
-            env.set_pose(jittered(env, pose, rng, args.jitter), pose.pitch)
+            humanoid.set_pose(env, jittered(env, pose, rng, args.jitter), pose.pitch)
             states.append((f"{name} ~{k}", env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()))
     env.action_space.seed(args.seed)
     for episode in range(args.rollouts):

@@ -87,7 +87,7 @@ def sheet_states() -> list:
     env = humanoid.CLIPHumanoidEnv((64, 64), fast_render=True)
     env.reset(seed=0)
     standing = (env.data.qpos.copy(), env.data.qvel.copy())
-    env.set_pose(humanoid.TASKS["kneeling"].pose, humanoid.TASKS["kneeling"].pitch)
+    humanoid.set_pose(env, humanoid.TASKS["kneeling"].pose, humanoid.TASKS["kneeling"].pitch)
     kneeling = (env.data.qpos.copy(), env.data.qvel.copy())
     env.reset(seed=0)
     for _ in range(100):  # zero actions: the robot collapses and falls

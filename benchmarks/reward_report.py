@@ -269,7 +269,7 @@ def generated_states(args: Args, script) -> tuple[np.ndarray, list[str]]:
                 sources.append(name)
     for task in script.TASKS:  # every task's, so that one set (and its embeddings) serves every task
         for f in np.linspace(0.0, 1.0, args.path_points):
-            env.set_pose(*script.path_pose(task, f))
+            script.set_pose(env, *script.path_pose(task, f))
             states.append(np.concatenate([env.data.qpos, env.data.qvel]))
             sources.append("landscape paths")
     for _, qpos, qvel in sheet.collect_states(env, sheet.Args(jitters=args.jitters, rollouts=0, seed=args.state_seed)):

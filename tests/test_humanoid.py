@@ -204,7 +204,7 @@ def test_width_stand_in_reads_the_robots_width():
     names = ["arms crossed", "hands on hips", "standing", "arms raised", "side splits"]  # narrowest to widest
     frames, widths = [], []
     for name in names:
-        env.set_pose(contact_sheet.POSES[name].joints, contact_sheet.POSES[name].pitch)
+        humanoid.set_pose(env, contact_sheet.POSES[name].joints, contact_sheet.POSES[name].pitch)
         frames.append(env.render().copy())
         widths.append(robot_width(env.model, env.data) / metres_across_the_frame(env.model))
     read = encoder.width(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()).numpy()

@@ -72,7 +72,7 @@ def test_the_car_is_drawn_where_it_is():
         frame = env.render()
         assert frame.shape == (224, 224, 3) and frame.dtype == np.uint8
         centres.append(red_columns(frame).mean())
-        expected_column, _ = env.to_pixels(x, 0)
+        expected_column, _ = mountaincar.to_pixels(env, x, 0)
         assert abs(centres[-1] - expected_column) < 8, (x, centres[-1], expected_column)
     assert np.all(np.diff(centres) > 0)
 
@@ -80,10 +80,10 @@ def test_the_car_is_drawn_where_it_is():
 def test_the_flag_is_at_the_goal():
     env = mountaincar.CLIPMountainCarEnv(frame_size=(224, 224))
     env.reset(seed=0)
-    scene = env.draw_scene()
+    scene = mountaincar.draw_scene(env)
     yellow = (scene[..., 0] > 200) & (scene[..., 1] > 170) & (scene[..., 2] < 80)
     rows, cols = np.nonzero(yellow)
-    goal_column, goal_row = env.to_pixels(env.goal_position, env._height(env.goal_position))
+    goal_column, goal_row = mountaincar.to_pixels(env, env.goal_position, env._height(env.goal_position))
     assert len(cols) > 30
     assert goal_column - 1 <= cols.min() <= goal_column + 3  # the cloth starts at the pole
     assert rows.max() < goal_row  # and flies above the ground at the goal
