@@ -17,7 +17,8 @@ clip_memory = load_benchmark("clip_memory")
 
 FIELDS = {"settings", "device", "torch_threads", "render_fps_per_env", "render_fps_total", "clip_fps", "simulation_sps_per_env",
           "clip_gflop_per_frame", "clip_tflops_achieved", "device_peak_tflops", "clip_fraction_of_peak",
-          "updates_per_second", "end_to_end_sps", "end_to_end_over_clip_only", "phase_share", "fidelity"}
+          "updates_per_second", "end_to_end_sps", "end_to_end_over_clip_only", "phase_share", "fidelity",
+          "periodic_evaluation_seconds"}
 
 
 @pytest.mark.parametrize("script", ["cartpole", "humanoid"])
@@ -33,6 +34,11 @@ def test_benchmark_reports_every_figure(tiny_clip, tmp_path, script):
     assert set(figures["phase_share"]) == {"simulation", "rendering", "clip", "updates"}
     assert figures["clip_gflop_per_frame"] > 0 and figures["end_to_end_sps"] > 0
     assert figures["updates_per_second"] > 0  # the short run reaches training phases (at the script's ratio)
+    # The humanoid's evaluation right after learning starts is timed and taken out of its training speed;
+    # CartPole evaluates only at the end, after the script took its speed.
+    assert (figures["periodic_evaluation_seconds"] > 0) == (script == "humanoid")
+    if script == "humanoid":
+        assert throughput.load_script(script).evaluate_and_log.__name__ == "evaluate_and_log"  # the timer is gone
     assert set(figures["fidelity"]) >= {"fp32", "bf16"}
     for row in figures["fidelity"].values():
         assert {"cosine_min", "cosine_mean", "max_reward_error", "reward_spread", "error_over_spread", "spearman",
