@@ -214,3 +214,21 @@ def test_pose_curves_table_and_figure_come_from_the_runs_logs(tmp_path, capsys):
     assert table[2:] == ["| baselines: zero, random actions (steps in the pose) | 12%, 17% | 12%, 17% |",
                          "| 50k | 0.0 (12%, 3 distinct) | 0.0 (5%, 1 distinct) |", "| 150k | 1.0 (63%, 2 distinct) |  |"]
     assert os.path.getsize(tmp_path / "curves.png") > 0
+
+
+@needs_gl
+def test_scene_row_draws_each_tasks_pose_as_the_script_renders_it(tmp_path):
+    """One frame per task, at the size asked, each the script's own rendering of that task's hand-built pose."""
+    scene_row = load_benchmark("scene_row")
+    args = scene_row.Args(out=str(tmp_path / "row.png"), size=48, fast_render=True)
+    row = scene_row.main(args)
+    tasks = list(scene_row.humanoid.TASKS)
+    assert row.shape == (48, 48 * len(tasks), 3) and (tmp_path / "row.png").is_file()
+    env = scene_row.humanoid.CLIPHumanoidEnv((48, 48), fast_render=True)
+    scene_row.humanoid.set_pose(env, *scene_row.humanoid.path_pose("arms-raised", 1.0))
+    expected = env.render()
+    env.close()
+    tile = row[:, 48 * tasks.index("arms-raised"):48 * (tasks.index("arms-raised") + 1)]
+    assert np.array_equal(tile[16:], expected[16:])  # below the label: the script's frame, pixel for pixel
+    tiles = [row[16:, 48 * i:48 * (i + 1)].astype(int) for i in range(len(tasks))]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(tiles) for b in tiles[i + 1:]) > 0  # eight different poses
