@@ -361,10 +361,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     episode_slots, successes, losses = [[] for _ in range(args.num_envs)], deque(maxlen=10), {}
-    learning_starts = args.learning_starts
+    training_starts = args.learning_starts  # a resume into a fresh buffer moves it (restore_run)
     if state:  # everything as it was at the checkpoint: the run goes on exactly as an uninterrupted one
         global_step, rollouts_done, updates_done, target_updates_done, next_video = (state[key] for key in POSITION)
-        obs, episode_slots, successes, losses, learning_starts = restore_run(
+        obs, episode_slots, successes, losses, training_starts = restore_run(
             state, args, envs, rb, q_network, target_network, optimizer)
     to_score, finished = [], []  # this rollout's frames, and the episodes that ended in it
     start_time, start_step, seconds_before = time.time(), global_step, state["seconds"] if state else 0.0
@@ -401,6 +401,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             # end of the run: CLIP scores its frames (--clip-chunk-size at a time), the finished episodes are logged,
             # and a training phase of gradient-steps updates follows each rollout that ends after learning starts
             # (rollouts and updates counted in transitions: the updates per transition do not depend on --num-envs).
+            # A last partial rollout (--total-timesteps not a multiple of train-frequency) is scored, not trained on.
             rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
             if rollout_ends:
                 rollouts_before, rollouts_done = rollouts_done, global_step // args.train_frequency
@@ -409,7 +410,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                     rb.rewards[slots] = reward_model(frames).cpu().numpy()
                 successes.extend(log_rollout(writer, rb, finished, is_success, uses_clip, global_step))
                 to_score, finished = [], []
-                waiting = learning_starts // args.train_frequency  # rollouts before the first training phase
+                waiting = training_starts // args.train_frequency  # rollouts before the first training phase
                 phases = max(rollouts_done - waiting, 0) - max(rollouts_before - waiting, 0)
                 for _ in range(args.gradient_steps * phases):
                     losses = dqn_update(q_network, target_network, optimizer, rb.sample(args.batch_size), args.gamma,
@@ -437,7 +438,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 save_checkpoint(run_dir, dict(
                     args=flags, seconds=elapsed(), global_step=global_step, rollouts_done=rollouts_done,
                     updates_done=updates_done, target_updates_done=target_updates_done, next_video=next_video,
-                    learning_starts=learning_starts, q_network=q_network.state_dict(),
+                    training_starts=training_starts, q_network=q_network.state_dict(),
                     target_network=target_network.state_dict(), optimizer=optimizer.state_dict(), obs=obs,
                     episode_slots=episode_slots, successes=list(successes), losses=losses,
                     **random_and_env_state(envs, rb, args.checkpoint_buffer)))
@@ -517,11 +518,11 @@ def restore_run(state: dict, args, envs, rb, q_network, target_network, optimize
     target_network.load_state_dict(state["target_network"])
     optimizer.load_state_dict(state["optimizer"])
     restore_random_and_env_state(state, envs, rb)
-    obs, episode_slots, learning_starts = state["obs"], state["episode_slots"], state["learning_starts"]
+    obs, episode_slots, training_starts = state["obs"], state["episode_slots"], state["training_starts"]
     if state["buffer"] is None:
         obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-        learning_starts = state["global_step"] + args.learning_starts
-    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], learning_starts
+        training_starts = state["global_step"] + args.learning_starts  # exploration keeps the run's own
+    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], training_starts
 
 
 def log_training_phase(writer, args, step: int, losses: dict, epsilon: float, successes, sps: int):
@@ -885,11 +886,15 @@ def load_checkpoint(run_dir: str) -> dict:
 
 def resumed_args(args_class, state: dict, resume: str):
     """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
-    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops."""
+    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops, as
+    does one that keeps the loop's position under other names than POSITION."""
     missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
     if missing:
         fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
              "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    if missing := [key for key in (*POSITION, "training_starts") if key not in state]:
+        fail(f"--resume {resume!r}: its checkpoint was written by an older version of this script (it holds no "
+             f"{missing[0]}): finish the run with the code that wrote it, or start anew.")
     return args_class(**{**state["args"], "resume": resume})
 
 

@@ -17,11 +17,13 @@ goal-baseline projection with weight alpha.
 Success is the paper's: in the goal pose for at least half of the episode. The paper asked a person;
 here pose detectors (a few thresholds on body-part positions, one set per task) judge every step.
 
-Where each part is: the arguments, `Args`; the environment, `CLIPHumanoidEnv` (the paper's changes and camera);
-the reward, `CLIPReward`; the update, `SoftActorCritic.update`; the loop, `main`. Below `main`, for reference: the
-run's bookkeeping (start-up, resume, evaluation logging, final results); the reward landscape's frames, greedy
-evaluation and the action baselines; the scene's generated textures and XML rewrite; the pose detectors (`in_pose`,
-`pose_score`: the reward of `--reward pose`; features, thresholds and hand-built poses: `TASKS`); the plumbing.
+Where each part is: the arguments, `Args`; the environment, `CLIPHumanoidEnv` (the paper's changes and camera)
+and `make_env`; the reward, `CLIPReward`; the replay buffer, `ReplayBuffer`; the update, `SoftActorCritic.update`;
+the loop, `main`. Below `main`, for reference: the run's bookkeeping (start-up with the OpenGL checks, resume,
+evaluation logging, final results); the reward landscape's frames, greedy evaluation and the action baselines;
+the scene's generated textures and XML rewrite; the pose detectors (`in_pose`, `pose_score`: the reward of
+`--reward pose`; features, thresholds and hand-built poses: `TASKS`); the plumbing (flag checks, loading CLIP,
+checkpoints, logging, results, figures).
 """
 
 import atexit
@@ -169,7 +171,7 @@ class Args:
     log_std_init: float = -3.0
     """initial log standard deviation of the exploration weights (with `--sde`)"""
     eval_episodes: int = 4
-    """deterministic evaluation episodes at each evaluation and at the end of training (0: no final evaluation)"""
+    """deterministic evaluation episodes at each evaluation and at the end of training (0: no final evaluation; the periodic ones still run one)"""
     landscape_points: int = 21
     """poses on the reward landscape's path (standing to the task's pose) scored before training"""
     baseline_episodes: int = 32
@@ -441,10 +443,14 @@ class Actor(nn.Module):
 
 
 class SoftActorCritic:
-    """SAC (Haarnoja et al., 2018) with SB3's settings, the library of the paper's code: every gradient
-    step updates both critics, then the actor, then the entropy coefficient (with `--autotune`), then
-    moves the target critics towards the critics by `tau`. (SB3 updates the coefficient first, from the
-    same sampled actions; the order shifts it by one gradient step.)"""
+    """SAC (Haarnoja et al., 2018) as SB3 runs it, the library of the paper's code: every gradient step
+    updates both critics, then the actor, then the entropy coefficient (with `--autotune`), then moves the
+    target critics towards the critics by `tau`. Where it differs from SB3: SB3 updates the coefficient first,
+    from the same sampled actions (the order shifts it by one gradient step); the critics' loss is the sum of
+    the two MSEs where SB3 halves it (Adam's steps do not depend on the loss's scale); without gSDE the log std
+    is squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL's, where SB3 clips it to [-20, 2]. Neither bound
+    binds: the humanoid's pose runs at 600k steps had log std -0.76 to -0.07 (1st-99th percentile over their last
+    20k states); the squash scales its gradient by ~3 there, an effect not measured."""
 
     def __init__(self, observation_space, action_space, args, device):
         action_dim = int(np.prod(action_space.shape))
@@ -533,12 +539,9 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     """Train; returns the final figures. `reward_model` replaces the one built from the flags (tests)."""
     state = load_checkpoint(args.resume) if args.resume else None  # --resume: the run's own flags and state
     args = resumed_args(Args, state, args.resume) if state else args
-    args.prompt = goal_prompts(args)
+    flags, device, reward_model = start_up(args, reward_model)  # flag checks, seeds, OpenGL, the device, CLIP
     uses_clip = args.reward == "clip"
     judged = args.reward != "ground-truth"  # the task's pose detector judges every step (CLIP and pose runs)
-    check_flags(args, RANGES)
-    flags = dict(vars(args))  # for checkpoints: the flags as the run began
-    device, reward_model = start_up(args, reward_model)
     frame_size = reward_model.image_size if uses_clip else (224, 224)
     run_dir, writer, baselines = open_run(args, state, reward_model, frame_size)  # and the baselines, the landscape
 
@@ -563,10 +566,10 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     episode_slots, successes, losses = [[] for _ in range(args.num_envs)], deque(maxlen=10), {}
-    learning_starts = args.learning_starts
+    training_starts = args.learning_starts  # a resume into a fresh buffer moves it (restore_run)
     if state:  # everything as it was at the checkpoint: the run goes on exactly as an uninterrupted one
         global_step, rollouts_done, updates_done, next_eval = (state[key] for key in POSITION)
-        obs, episode_slots, successes, losses, learning_starts = restore_run(state, args, agent, envs, rb)
+        obs, episode_slots, successes, losses, training_starts = restore_run(state, args, agent, envs, rb)
     exploration, rollout_step, to_score, finished = None, 0, [], []  # gSDE's noise; this rollout's steps and frames
     start_time, start_step, seconds_before = time.time(), global_step, state["seconds"] if state else 0.0
     elapsed = lambda: seconds_before + time.time() - start_time  # noqa: E731  (of this session and those before)
@@ -603,6 +606,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
             # end of the run: CLIP scores its frames (--clip-chunk-size at a time), the finished episodes are logged,
             # and a training phase of gradient-steps updates follows each rollout that ends after learning starts
             # (rollouts and updates counted in transitions: the updates per transition do not depend on --num-envs).
+            # A last partial rollout (--total-timesteps not a multiple of train-frequency) is scored, not trained on.
             rollout_ends = global_step // args.train_frequency > rollouts_done or global_step >= args.total_timesteps
             if rollout_ends:
                 rollouts_before, rollouts_done, rollout_step = rollouts_done, global_step // args.train_frequency, 0
@@ -613,7 +617,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 for end, slots in finished if judged else ():  # the environment's reward is the in-pose flag
                     writer.add_scalar("charts/pose_fraction", rb.true_rewards[slots].mean(), end)
                 to_score, finished = [], []
-                waiting = learning_starts // args.train_frequency  # rollouts before the first training phase
+                waiting = training_starts // args.train_frequency  # rollouts before the first training phase
                 phases = max(rollouts_done - waiting, 0) - max(rollouts_before - waiting, 0)
                 for _ in range(args.gradient_steps * phases):
                     losses = agent.update(*rb.sample(args.batch_size))
@@ -633,7 +637,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
                 checkpoints_done = global_step // args.checkpoint_interval
                 save_checkpoint(run_dir, dict(
                     args=flags, seconds=elapsed(), global_step=global_step, rollouts_done=rollouts_done,
-                    updates_done=updates_done, next_eval=next_eval, learning_starts=learning_starts,
+                    updates_done=updates_done, next_eval=next_eval, training_starts=training_starts,
                     agent=agent.checkpoint(), obs=obs, episode_slots=episode_slots, successes=list(successes),
                     losses=losses, **random_and_env_state(envs, rb, args.checkpoint_buffer)))
                 if stop:
@@ -650,7 +654,7 @@ def main(args: Args, reward_model: CLIPReward | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run bookkeeping, below the method: start-up, evaluation logging, checkpoints, final results
+# Run bookkeeping, below the method: start-up, resume, evaluation logging, final results, OpenGL checks
 # ---------------------------------------------------------------------------------------------
 # Allowed values of the numeric flags, checked before anything is loaded.
 RANGES = dict(alpha="[0, 1]", num_envs="[1, inf)", episode_length="[1, inf)", total_timesteps="[1, inf)",
@@ -666,8 +670,13 @@ def goal_prompts(args) -> tuple[str, ...]:
     return args.prompt or (TASKS[args.task].prompt,)
 
 
-def start_up(args, reward_model: CLIPReward | None):
-    """The checks and settings a run needs before anything is built; returns (device, reward model)."""
+def start_up(args, reward_model: CLIPReward | None) -> tuple:
+    """The goal prompts filled in and the flags checked before anything loads; then OpenGL and the camera checked,
+    every random stream seeded and the device chosen; a CLIP run loads its reward model (unless a test gave one).
+    Returns the flags to keep, the device and the model."""
+    args.prompt = goal_prompts(args)
+    check_flags(args, RANGES)
+    flags = dict(vars(args))  # for checkpoints: the flags as the run began
     uses_clip = args.reward == "clip"
     other_task = [name for name, task in TASKS.items() if args.prompt == (task.prompt,) and name != args.task]
     if uses_clip and other_task:
@@ -684,7 +693,7 @@ def start_up(args, reward_model: CLIPReward | None):
         print(warning)
     if uses_clip and reward_model is None:
         reward_model = load_clip_reward(args, device)
-    return device, reward_model
+    return flags, device, reward_model
 
 
 def open_run(args, state: dict | None, reward_model: CLIPReward | None, frame_size) -> tuple:
@@ -710,11 +719,11 @@ def restore_run(state: dict, args, agent, envs, rb) -> tuple:
     waits for learning-starts new transitions."""
     agent.restore(state["agent"])
     restore_random_and_env_state(state, envs, rb)
-    obs, episode_slots, learning_starts = state["obs"], state["episode_slots"], state["learning_starts"]
+    obs, episode_slots, training_starts = state["obs"], state["episode_slots"], state["training_starts"]
     if state["buffer"] is None:
         obs, episode_slots = envs.reset()[0], [[] for _ in range(args.num_envs)]
-        learning_starts = state["global_step"] + args.learning_starts
-    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], learning_starts
+        training_starts = state["global_step"] + args.learning_starts  # exploration keeps the run's own
+    return obs, episode_slots, deque(state["successes"], maxlen=10), state["losses"], training_starts
 
 
 def log_baselines(args, writer, logged_before: bool) -> dict:
@@ -1486,11 +1495,15 @@ def load_checkpoint(run_dir: str) -> dict:
 
 def resumed_args(args_class, state: dict, resume: str):
     """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
-    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops."""
+    meant by it, and today's default could change the run half way (its episode ends, its frames): it stops, as
+    does one that keeps the loop's position under other names than POSITION."""
     missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
     if missing:
         fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
              "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    if missing := [key for key in (*POSITION, "training_starts") if key not in state]:
+        fail(f"--resume {resume!r}: its checkpoint was written by an older version of this script (it holds no "
+             f"{missing[0]}): finish the run with the code that wrote it, or start anew.")
     return args_class(**{**state["args"], "resume": resume})
 
 

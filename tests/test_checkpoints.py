@@ -277,3 +277,31 @@ def test_a_checkpoint_older_than_a_flag_is_not_resumed_with_todays_default(tmp_p
                                          r"--bootstrap-time-limit existed, so going on could change what the run "
                                          r"does half way: finish it with the code that wrote it, or start anew\.$"):
         cartpole.main(cartpole.Args(resume=result["run_dir"]))
+    # One whose loop position is kept under other names (another version of the script) stops the same way.
+    state["args"]["bootstrap_time_limit"] = False
+    state["counters"] = tuple(state[key] if key == "global_step" else state.pop(key) for key in cartpole.POSITION)
+    cartpole.save_checkpoint(result["run_dir"], state)
+    with pytest.raises(SystemExit, match=r"^error: --resume '.*': its checkpoint was written by an older version of "
+                                         r"this script \(it holds no rollouts_done\): finish the run with the code "
+                                         r"that wrote it, or start anew\.$"):
+        cartpole.main(cartpole.Args(resume=result["run_dir"]))
+
+
+def test_stop_requests_give_the_signals_back_on_every_way_out():
+    """Inside the block SIGTERM and Ctrl-C are requests; a second Ctrl-C interrupts at once; leaving the block
+    (normally, by an exception, by the interrupt) puts the handlers back."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    before = [signal.getsignal(signum) for signum in signals]
+    with cartpole.StopRequests() as stop:
+        assert [signal.getsignal(signum) for signum in signals] == [stop.handle, stop.handle] and not stop
+    assert [signal.getsignal(signum) for signum in signals] == before
+    with pytest.raises(RuntimeError):
+        with cartpole.StopRequests():
+            raise RuntimeError("a crash inside the loop")
+    assert [signal.getsignal(signum) for signum in signals] == before
+    with pytest.raises(KeyboardInterrupt):
+        with cartpole.StopRequests() as stop:
+            stop.handle(signal.SIGINT, None)  # the first Ctrl-C: the run stops after its next checkpoint
+            assert stop == ["SIGINT"]
+            stop.handle(signal.SIGINT, None)  # the second: now
+    assert [signal.getsignal(signum) for signum in signals] == before

@@ -1,8 +1,9 @@
-"""Every command of the README and docs/ runs as written.
+"""The commands of the README and docs/ are checked against the code they start.
 
-Each command is read by what it starts: a script's own parser and range checks, a benchmark's parser,
-run_all.sh's option parsing (with --dry-run, so nothing trains), pytest's paths and options, bash's syntax
-check. The short ones run. A command that a flag's rename, a removed option or a moved file breaks fails here.
+Each is read by what it starts: a script's own parser and range checks, a benchmark's parser, run_all.sh's
+option parsing (with --dry-run, so nothing trains), pytest's paths, options and -k selection, bash's syntax
+check, the attributes a `python -c` snippet uses; the action baselines' snippet runs. A flag's rename, a removed
+option or a moved file fails here. Not checked: the `git clone` and `pip` lines (the CI runs those).
 """
 
 import glob
@@ -96,11 +97,27 @@ def test_a_grid_command_is_accepted_by_run_all(page, command, tmp_path):
 
 @pytest.mark.parametrize("page, command", [c for c in COMMANDS if words_of(c[1])[:3] == ["python", "-m", "pytest"]],
                          ids=lambda value: value[:60] if isinstance(value, str) else None)
-def test_a_test_command_names_paths_and_options_that_exist(page, command):
-    words = words_of(command)
-    options = {"-q", "-n", "auto", "--dist", "worksteal", "--runslow", "-k", "learns"}
-    for word in words[3:]:
-        assert word in options or os.path.exists(os.path.join(ROOT, word)), f"{page}: {word!r} in {command!r}"
+def test_a_test_command_names_paths_options_and_tests_that_exist(page, command):
+    """Its paths exist; `-n` and `--dist` have pytest-xdist installed; `--runslow` is the suite's own option;
+    `-k NAME` selects at least one test of the paths named."""
+    import importlib.util
+
+    words, paths = words_of(command)[3:], []
+    with open(os.path.join(ROOT, "tests", "conftest.py")) as f:
+        conftest = f.read()
+    while words:
+        word = words.pop(0)
+        if word in ("-n", "--dist"):
+            assert importlib.util.find_spec("xdist") and words.pop(0) in ("auto", "worksteal"), command
+        elif word == "--runslow":
+            assert 'addoption("--runslow"' in conftest, command
+        elif word == "-k":
+            name = words.pop(0)
+            tests = "".join(open(path).read() for path in paths)
+            assert re.search(rf"def test_\w*{name}", tests), f"{page}: -k {name} selects no test of {paths}"
+        elif word != "-q":
+            assert os.path.exists(os.path.join(ROOT, word)), f"{page}: {word!r} in {command!r}"
+            paths += [os.path.join(ROOT, word)] if word.endswith(".py") else glob.glob(os.path.join(ROOT, word, "*.py"))
 
 
 SNIPPETS = sorted({words_of(command)[2] for _, command in COMMANDS if words_of(command)[:2] == ["python", "-c"]})
@@ -108,9 +125,19 @@ SNIPPETS = sorted({words_of(command)[2] for _, command in COMMANDS if words_of(c
 
 @pytest.mark.parametrize("code", SNIPPETS, ids=lambda code: code[:60])
 def test_a_python_snippet_compiles_and_the_short_ones_run(code, capsys):
-    """The action baselines' snippet runs as written (in this process, whose scripts are imported already: a few
-    seconds of physics) and prints every figure; the others (a 600 MB checkpoint of random weights) only compile."""
+    """Every module attribute a snippet uses exists; the action baselines' snippet runs as written (in this process,
+    whose scripts are imported already: a few seconds of physics) and prints every figure. The other (a 600 MB
+    checkpoint of random weights) does not run."""
+    import ast
+    import importlib
+
     compiled = compile(code, "<docs>", "exec")
+    tree = ast.parse(code)
+    modules = {alias.asname or alias.name: importlib.import_module(alias.name)
+               for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    for node in ast.walk(tree):  # every module.attribute the snippet uses exists (a rename shows here)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            assert hasattr(modules[node.value.id], node.attr), f"{node.value.id}.{node.attr} in {code!r}"
     if "action_baselines" in code:
         exec(compiled, {})
         figures = eval(capsys.readouterr().out)  # the dict the snippet prints
