@@ -10,10 +10,9 @@ through goal-baseline projection with weight alpha.
     python dqn_clip_cartpole.py --clip-model ViT-B-32 --clip-pretrained /path/to/checkpoint.pt
     python dqn_clip_cartpole.py --reward ground-truth      # the RL half alone, no CLIP
 
-Where each part is: the arguments, `Args`; the environment, `CLIPCartPoleEnv` (the paper's changes, rendered at
-CLIP's input size); the reward, `CLIPReward`; the update, `dqn_update`; the loop, `main`. Below `main`, for reference:
-the run's bookkeeping (start-up, the reward landscape, resume, logging, final results); the cart's motion with the
-walls and its drawing, the landscape's frames and greedy evaluation; the plumbing.
+Where each part is: the arguments, `Args`; the environment, `CLIPCartPoleEnv`; the reward, `CLIPReward`; the
+update, `dqn_update`; the loop, `main`. Below `main`, for reference: the run's bookkeeping (start-up, the reward
+landscape, resume, logging, results); the cart's motion with the walls, its drawing, greedy evaluation; the plumbing.
 """
 
 import glob

@@ -445,12 +445,8 @@ class Actor(nn.Module):
 class SoftActorCritic:
     """SAC (Haarnoja et al., 2018) as SB3 runs it, the library of the paper's code: every gradient step
     updates both critics, then the actor, then the entropy coefficient (with `--autotune`), then moves the
-    target critics towards the critics by `tau`. Where it differs from SB3: SB3 updates the coefficient first,
-    from the same sampled actions (the order shifts it by one gradient step); the critics' loss is the sum of
-    the two MSEs where SB3 halves it (Adam's steps do not depend on the loss's scale); without gSDE the log std
-    is squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL's, where SB3 clips it to [-20, 2]. Neither bound
-    binds: the humanoid's pose runs at 600k steps had log std -0.76 to -0.07 (1st-99th percentile over their last
-    20k states); the squash scales its gradient by ~3 there, an effect not measured."""
+    target critics towards the critics by `tau`. Three details differ from SB3 (docs/faithfulness.md): the
+    coefficient's place in that order, the critics' loss not halved, the log std's bounds without gSDE."""
 
     def __init__(self, observation_space, action_space, args, device):
         action_dim = int(np.prod(action_space.shape))
