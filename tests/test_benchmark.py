@@ -232,3 +232,25 @@ def test_scene_row_draws_each_tasks_pose_as_the_script_renders_it(tmp_path):
     assert np.array_equal(tile[16:], expected[16:])  # below the label: the script's frame, pixel for pixel
     tiles = [row[16:, 48 * i:48 * (i + 1)].astype(int) for i in range(len(tasks))]
     assert min(np.abs(a - b).mean() for i, a in enumerate(tiles) for b in tiles[i + 1:]) > 0  # eight different poses
+
+
+@needs_gl
+def test_pose_conditions_rebuild_the_runs_own_judgement_from_its_buffer(tmp_path, capsys):
+    """The states put back from a run's buffer (x = y = 0) are judged as the run judged them while it ran: each
+    window's share in the pose equals the in-pose flags the environment stored with those transitions."""
+    from conftest import humanoid
+
+    pose_conditions = load_benchmark("pose_conditions")
+    args = humanoid.Args(reward="pose", task="standing-up", num_envs=2, episode_length=40, total_timesteps=200,
+                         learning_starts=100, train_frequency=50, gradient_steps=1, batch_size=16, hidden_size=16,
+                         baseline_episodes=0, eval_episodes=0, video_interval=10**9, output_dir=str(tmp_path),
+                         fast_render=True)
+    run_dir = humanoid.main(args)["run_dir"]
+    rows = pose_conditions.main(pose_conditions.Args(run=run_dir, window=100, every=1))
+    stored = pose_conditions.newest_checkpoint(run_dir)["buffer"]["true_rewards"].numpy()
+    assert [row["start"] for row in rows] == [0, 100]
+    # One state of a window moves its share by 0.01: a tolerance of 1e-6 only absorbs float32 rounding.
+    assert [row["in_pose"] for row in rows] == pytest.approx([stored[:100].mean(), stored[100:].mean()], abs=1e-6)
+    assert 0 < stored.mean() < 1  # it stands at first and falls: the flags vary, so the equality means something
+    assert set(rows[0]["conditions"]) == {f"{c[0]} {c[1]} {c[2]}" for c in humanoid.TASKS["standing-up"].conditions}
+    assert "| 0k– |" in capsys.readouterr().out
