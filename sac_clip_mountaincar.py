@@ -1068,11 +1068,14 @@ def load_checkpoint(run_dir: str) -> dict:
 def resumed_args(args_class, state: dict, resume: str):
     """The run's own flags, from its checkpoint. A checkpoint written before a flag existed cannot say what the run
     meant by it, and today's default could change the run half way (its episode ends, its frames): it stops, as
-    does one that keeps the loop's position under other names than POSITION."""
+    does one with a flag the script does not know or the loop's position under other names than POSITION."""
     missing = sorted({field.name for field in fields(args_class)} - set(state["args"]) - {"resume"})
     if missing:
         fail(f"--resume {resume!r}: its checkpoint was written before --{missing[0].replace('_', '-')} existed, so "
              "going on could change what the run does half way: finish it with the code that wrote it, or start anew.")
+    if unknown := sorted(set(state["args"]) - {field.name for field in fields(args_class)}):
+        fail(f"--resume {resume!r}: its checkpoint has a flag this script does not know "
+             f"(--{unknown[0].replace('_', '-')}): finish the run with the code that wrote it, or start anew.")
     if missing := [key for key in (*POSITION, "training_starts") if key not in state]:
         fail(f"--resume {resume!r}: its checkpoint was written by an older version of this script (it holds no "
              f"{missing[0]}): finish the run with the code that wrote it, or start anew.")

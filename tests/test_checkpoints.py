@@ -277,8 +277,14 @@ def test_a_checkpoint_older_than_a_flag_is_not_resumed_with_todays_default(tmp_p
                                          r"--bootstrap-time-limit existed, so going on could change what the run "
                                          r"does half way: finish it with the code that wrote it, or start anew\.$"):
         cartpole.main(cartpole.Args(resume=result["run_dir"]))
-    # One whose loop position is kept under other names (another version of the script) stops the same way.
-    state["args"]["bootstrap_time_limit"] = False
+    state["args"]["bootstrap_time_limit"] = False  # one with a flag this script does not have stops the same way
+    state["args"]["gradient_penalty"] = 1.0
+    cartpole.save_checkpoint(result["run_dir"], state)
+    with pytest.raises(SystemExit, match=r"^error: --resume '.*': its checkpoint has a flag this script does not know "
+                                         r"\(--gradient-penalty\): finish the run with the code that wrote it, or "
+                                         r"start anew\.$"):
+        cartpole.main(cartpole.Args(resume=result["run_dir"]))
+    del state["args"]["gradient_penalty"]  # and one whose loop position is kept under other names
     state["counters"] = tuple(state[key] if key == "global_step" else state.pop(key) for key in cartpole.POSITION)
     cartpole.save_checkpoint(result["run_dir"], state)
     with pytest.raises(SystemExit, match=r"^error: --resume '.*': its checkpoint was written by an older version of "
