@@ -126,8 +126,8 @@ SNIPPETS = sorted({words_of(command)[2] for _, command in COMMANDS if words_of(c
 @pytest.mark.parametrize("code", SNIPPETS, ids=lambda code: code[:60])
 def test_a_python_snippet_compiles_and_the_short_ones_run(code, capsys):
     """Every module attribute a snippet uses exists; the action baselines' snippet runs as written (in this process,
-    whose scripts are imported already: a few seconds of physics) and prints every figure. The other (a 600 MB
-    checkpoint of random weights) does not run."""
+    whose scripts are imported already: seconds of physics per task) and gives the README's task table. The others
+    (600 MB checkpoints of random weights) do not run."""
     import ast
     import importlib
 
@@ -140,7 +140,14 @@ def test_a_python_snippet_compiles_and_the_short_ones_run(code, capsys):
             assert hasattr(modules[node.value.id], node.attr), f"{node.value.id}.{node.attr} in {code!r}"
     if "action_baselines" in code:
         exec(compiled, {})
-        figures = eval(capsys.readouterr().out)  # the dict the snippet prints
-        assert set(figures) == {f"{kind}_actions_{figure}" for kind in ("zero", "random")
-                                for figure in ("pose_fraction", "success_rate")}
-        assert figures["zero_actions_pose_fraction"] > 0.05  # the README's baseline: doing nothing kneels for a while
+        printed = eval(capsys.readouterr().out)  # the dict the snippet prints: task -> figures
+        assert set(printed) == set(humanoid.TASKS)
+        with open(os.path.join(ROOT, "README.md")) as f:
+            table = {row[0]: row[1:] for row in re.findall(r"^\| `([\w-]+)` \| \".*?\" \| .*? \| (\d+)% \| (\d+)% \|$",
+                                                          f.read(), re.MULTILINE)}
+        assert set(table) == set(humanoid.TASKS)
+        for task, figures in printed.items():  # the README's baselines are what the code gives
+            assert set(figures) == {f"{kind}_actions_{figure}" for kind in ("zero", "random")
+                                    for figure in ("pose_fraction", "success_rate")}
+            shown = [f"{100 * figures[f'{kind}_actions_pose_fraction']:.0f}" for kind in ("zero", "random")]
+            assert tuple(shown) == table[task], (task, shown, table[task])
