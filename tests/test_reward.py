@@ -207,9 +207,12 @@ def test_frames_from_any_renderer(tiny_reward):
     for env in (mujoco_env, pygame_env):
         env.reset(seed=0)
         frames = [env.render()]
-        for _ in range(2):
-            for _ in range(8):  # frames far enough apart that the tiny model's rewards differ
-                env.step(np.ones(env.action_space.shape) if env is mujoco_env else 1)
+        for k in range(2):  # frames far enough apart that the tiny model's rewards differ
+            if env is mujoco_env:
+                for _ in range(8):
+                    env.step(np.ones(env.action_space.shape))
+            else:  # the cart moved and the pole tilted (pushing would end the episode first)
+                env.unwrapped.state = np.array([0.8 * (k + 1), 0.0, 0.1 * (k + 1), 0.0])
             frames.append(env.render())
         env.close()
         assert frames[0].dtype == np.uint8 and frames[0].flags.c_contiguous == (env is pygame_env)
