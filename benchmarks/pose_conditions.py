@@ -45,15 +45,18 @@ def newest_checkpoint(run: str) -> dict:
 
 
 def condition_table(args: Args) -> list[dict]:
-    """One row per window: its first transition, the share in the pose, and (median, share met) per condition."""
+    """One row per window: its first transition (counted from the run's start), the share in the pose, and
+    (median, share met) per condition."""
     state = newest_checkpoint(args.run)
     if not state.get("buffer") or state["buffer"]["pos"] == 0 and not state["buffer"]["full"]:
         raise SystemExit(f"error: {args.run!r}: its checkpoint holds no replay buffer (--no-checkpoint-buffer).")
-    if state["buffer"]["full"]:
-        raise SystemExit(f"error: {args.run!r}: its replay buffer has wrapped round, so its order is not the run's.")
     task = state["args"]["task"]
     conditions = humanoid.TASKS[task].conditions
-    observations = state["buffer"]["next_obs"].numpy()
+    buffer, first = state["buffer"], 0
+    observations = buffer["next_obs"].numpy()
+    if buffer["full"]:  # a ring: the oldest transition sits at pos; the buffer holds the run's last `size`
+        observations = np.concatenate([observations[buffer["pos"]:], observations[:buffer["pos"]]])
+        first = state["global_step"] - len(observations)
     env = humanoid.CLIPHumanoidEnv((16, 16), textured=False, fast_render=True)  # nothing is rendered
     nq = env.model.nq
     rows = []
@@ -64,7 +67,7 @@ def condition_table(args: Args) -> list[dict]:
             mujoco.mj_forward(env.model, env.data)
             features.append(humanoid.pose_features(env.data))
         depths = np.array([[humanoid.condition_depth(f, c) for c in conditions] for f in features])
-        rows.append(dict(start=start, in_pose=float(np.mean((depths >= 0).all(axis=1))), conditions={
+        rows.append(dict(start=first + start, in_pose=float(np.mean((depths >= 0).all(axis=1))), conditions={
             f"{c[0]} {c[1]} {c[2]}": (float(np.median([f[c[0]] for f in features])), float(np.mean(depths[:, i] >= 0)))
             for i, c in enumerate(conditions)}))
     env.close()

@@ -254,3 +254,12 @@ def test_pose_conditions_rebuild_the_runs_own_judgement_from_its_buffer(tmp_path
     assert 0 < stored.mean() < 1  # it stands at first and falls: the flags vary, so the equality means something
     assert set(rows[0]["conditions"]) == {f"{c[0]} {c[1]} {c[2]}" for c in humanoid.TASKS["standing-up"].conditions}
     assert "| 0k– |" in capsys.readouterr().out
+    # A buffer that has wrapped round holds the run's last transitions from `pos` on: they come back in order.
+    args.buffer_size, args.output_dir = 150, str(tmp_path / "ring")
+    run_dir = humanoid.main(args)["run_dir"]
+    rows = pose_conditions.main(pose_conditions.Args(run=run_dir, window=50, every=1))
+    buffer = pose_conditions.newest_checkpoint(run_dir)["buffer"]
+    ring = np.roll(buffer["true_rewards"].numpy(), -buffer["pos"])
+    assert buffer["full"] and [row["start"] for row in rows] == [50, 100, 150]
+    assert [row["in_pose"] for row in rows] == pytest.approx([ring[:50].mean(), ring[50:100].mean(), ring[100:].mean()],
+                                                             abs=1e-6)
