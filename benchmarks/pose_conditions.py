@@ -10,19 +10,20 @@ observations at the newest readable checkpoint (the run may go on writing; nothi
 back into the robot at x = y = 0 (the features do not depend on where it stands).
 """
 
-import glob
 import os
 import sys
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac_clip_humanoid as humanoid  # noqa: E402  (chooses MuJoCo's OpenGL backend before mujoco is imported)
 import mujoco  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reward_report  # noqa: E402  (its newest_checkpoint reads a live run's folder without touching it)
 
 
 @dataclass
@@ -36,12 +37,10 @@ class Args:
 
 
 def newest_checkpoint(run: str) -> dict:
-    for path in sorted(glob.glob(os.path.join(run, "checkpoint_*.pt")), reverse=True):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except Exception:  # being written, or damaged: the one before it
-            continue
-    raise SystemExit(f"error: {run!r} holds no readable checkpoint (checkpoint_*.pt).")
+    state = reward_report.newest_checkpoint(run)
+    if state is None:
+        raise SystemExit(f"error: {run!r} holds no readable checkpoint (checkpoint_*.pt).")
+    return state
 
 
 def condition_table(args: Args) -> list[dict]:

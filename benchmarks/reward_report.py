@@ -279,16 +279,21 @@ def generated_states(args: Args, script) -> tuple[np.ndarray, list[str]]:
     return np.array(states, dtype=np.float64), sources
 
 
+def newest_checkpoint(run_dir: str) -> dict | None:
+    """The newest checkpoint of a run folder that can be read, or None; the folder is left as it is (a live run may
+    be writing its next one)."""
+    for path in sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pt")), reverse=True):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # being written, or damaged: the one before it
+            continue
+    return None
+
+
 def run_states(args: Args, script) -> tuple[np.ndarray, list[str]]:
     """--sample next observations of a run's replay buffer, as states of the flags' environment. The newest checkpoint
     that can be read is read and nothing in the folder is touched: the run may still be writing its next one."""
-    checkpoint = None
-    for path in sorted(glob.glob(os.path.join(args.states, "checkpoint_*.pt")), reverse=True):
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-            break
-        except Exception:  # being written, or damaged: the one before it
-            continue
+    checkpoint = newest_checkpoint(args.states)
     if checkpoint is None:
         fail(f"--states {args.states!r} holds no readable checkpoint (checkpoint_*.pt), so no replay buffer to take "
              "states from.")

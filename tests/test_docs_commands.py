@@ -48,6 +48,10 @@ def words_of(command: str) -> list[str]:
 COMMANDS = doc_commands()
 
 
+def short(value):  # a test's id: the page and the command's start
+    return value[:60] if isinstance(value, str) else None
+
+
 def test_the_docs_hold_the_commands_a_reader_needs():
     """The extraction finds them: every script, the grid, the reward report and the test command."""
     starts = {" ".join(words_of(command)[:2]) for _, command in COMMANDS}
@@ -57,7 +61,7 @@ def test_the_docs_hold_the_commands_a_reader_needs():
 
 
 @pytest.mark.parametrize("page, command", [c for c in COMMANDS if words_of(c[1])[1] in SCRIPTS],
-                         ids=lambda value: value[:60] if isinstance(value, str) else None)
+                         ids=short)
 def test_a_scripts_command_parses_and_passes_its_checks(page, command):
     words = words_of(command)
     module = SCRIPTS[words[1]]
@@ -68,7 +72,7 @@ def test_a_scripts_command_parses_and_passes_its_checks(page, command):
 
 
 @pytest.mark.parametrize("page, command", [c for c in COMMANDS if words_of(c[1])[1].startswith("benchmarks/")],
-                         ids=lambda value: value[:60] if isinstance(value, str) else None)
+                         ids=short)
 def test_a_benchmarks_command_parses(page, command):
     words = words_of(command)
     path = os.path.join(ROOT, words[1])
@@ -80,7 +84,7 @@ def test_a_benchmarks_command_parses(page, command):
 
 
 @pytest.mark.parametrize("page, command", [c for c in COMMANDS if words_of(c[1])[:2] == ["bash", "run_all.sh"]],
-                         ids=lambda value: value[:60] if isinstance(value, str) else None)
+                         ids=short)
 def test_a_grid_command_is_accepted_by_run_all(page, command, tmp_path):
     """With --dry-run every option is parsed and checked, and the grid's commands printed; --summary-only reads
     the folder it is given (here one that does not exist, which it says in one sentence)."""
@@ -96,7 +100,7 @@ def test_a_grid_command_is_accepted_by_run_all(page, command, tmp_path):
 
 
 @pytest.mark.parametrize("page, command", [c for c in COMMANDS if words_of(c[1])[:3] == ["python", "-m", "pytest"]],
-                         ids=lambda value: value[:60] if isinstance(value, str) else None)
+                         ids=short)
 def test_a_test_command_names_paths_options_and_tests_that_exist(page, command):
     """Its paths exist; `-n` and `--dist` have pytest-xdist installed; `--runslow` is the suite's own option;
     `-k NAME` selects at least one test of the paths named."""
