@@ -6,8 +6,8 @@ ViT-bigG-14 in fp16, in one table: steps/s, CLIP frames/s, peak GPU memory, the 
 
 Nothing is downloaded: random ViT-B-32 and ViT-bigG-14 checkpoints are made on the spot (speed and memory do
 not depend on the weights) and loaded by the scripts as a user's checkpoint file would be. A check that fails
-is reported in the table and the others go on. The README's GPU figures are estimates until this table's
-replace them.
+is reported in the table and the others go on. The README's GPU figures are this table's, from one H200
+(docs/speed.md; docs/gpu_check_h200.json holds its rows).
 """
 
 import json
