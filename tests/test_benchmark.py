@@ -263,3 +263,23 @@ def test_pose_conditions_rebuild_the_runs_own_judgement_from_its_buffer(tmp_path
     assert buffer["full"] and [row["start"] for row in rows] == [50, 100, 150]
     assert [row["in_pose"] for row in rows] == pytest.approx([ring[:50].mean(), ring[50:100].mean(), ring[100:].mean()],
                                                              abs=1e-6)
+
+
+def test_pose_reachable_drives_the_joints_into_the_pose_and_zero_gains_do_nothing(capsys, monkeypatch):
+    """benchmarks/pose_reachable.py: with no gains the controller's actions are zeros, so its in-pose flags are the
+    zero-action rollout's, step for step; with gains it kneels for most of the episode from several start states
+    (zero actions: ~12%). A controller that drove the wrong joints, or pushed away from the pose (a sign), stays
+    near the zero-action figure; the table is printed from the rows."""
+    pose_reachable = load_benchmark("pose_reachable")
+    h = pose_reachable.humanoid
+    env = h.make_env(100, task="kneeling", fast_render=True)()
+    env.reset(seed=5)
+    zero = [env.step(np.zeros(17, np.float32))[1] for _ in range(100)]
+    assert pose_reachable.pd_episode(env, "kneeling", 0.0, 0.0, 1, seed=5).tolist() == zero
+    assert 0.0 < np.mean(zero) < 0.3
+    for seed in (5, 6):
+        assert pose_reachable.pd_episode(env, "kneeling", 1.0, 0.05, 1, seed=seed).mean() > 0.6
+    monkeypatch.setattr(pose_reachable, "GAINS", [(0.0, 0.0, 1), (1.0, 0.05, 1)])
+    [row] = pose_reachable.main(pose_reachable.Args(tasks=("kneeling",), episodes=2))
+    assert (row["kp"], row["gains_that_succeed"], row["success_rate"]) == (1.0, 1, 1.0)
+    assert "| `kneeling` | 1.0, 0.05, 1 |" in capsys.readouterr().out
