@@ -109,14 +109,17 @@ def main(args: Args) -> list:
         models = dict.fromkeys(["ViT-B-32", "ViT-bigG-14"], random_checkpoint(
             os.path.join(args.out, "tiny-gpu-check.json"), args.out, device))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (--smoke)"
-    rows = []
+    versions = dict(torch=torch.__version__, cuda=torch.version.cuda, open_clip=open_clip.__version__,
+                    mujoco=humanoid.mujoco.__version__, gymnasium=humanoid.gym.__version__)
+    rows, start = [], time.perf_counter()
 
     def report(row):  # each row as it is measured, so that a check cut short by the time limit leaves the others
         rows.append(row)
         print(f"\ngpu_check on {device_name}; MuJoCo's OpenGL renderer: {gl} (MUJOCO_GL={os.environ['MUJOCO_GL']})\n{HEADER}")
         print("\n".join(table_row(r) for r in rows), flush=True)
         with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-            json.dump(dict(device=device_name, gl_renderer=gl, rows=rows), f, indent=1)
+            json.dump(dict(device=device_name, gl_renderer=gl, versions=versions,
+                           seconds=time.perf_counter() - start, rows=rows), f, indent=1)
 
     for check, module, model, flags in CHECKS:
         def run(module=module, model=model, flags=flags):

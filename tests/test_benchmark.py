@@ -115,7 +115,9 @@ def test_gpu_check_reports_every_check_and_goes_on_past_a_failure(tmp_path, monk
     assert rows[-1]["clip_fps"] > 0 and all(row["peak_gpu_gib"] is None for row in rows)  # no GPU: no figure
     printed = capsys.readouterr().out
     assert "MuJoCo's OpenGL renderer: " in printed and "| mountaincar, ViT-B-32 | - | - | - |" in printed
-    assert json.loads((tmp_path / "gpu_check.json").read_text())["rows"][0]["check"] == "cartpole, ViT-B-32"
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["rows"][0]["check"] == "cartpole, ViT-B-32" and saved["versions"]["torch"] == torch.__version__
+    assert saved["seconds"] >= sum(row["seconds"] for row in saved["rows"])
     with open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")) as f:
         assert "timeout -k 30 600 python benchmarks/gpu_check.py" in f.read()  # at most 10 minutes
 
@@ -265,21 +267,48 @@ def test_pose_conditions_rebuild_the_runs_own_judgement_from_its_buffer(tmp_path
                                                              abs=1e-6)
 
 
+def test_pose_reachable_aims_each_actuator_at_its_own_joint():
+    """benchmarks/pose_reachable.py's controller, without simulating: each actuator is paired with the joint of its
+    name (the model lists the abdomen's joints and actuators in different orders), a robot put in the task's pose
+    gets zero action on every actuator, and a velocity on one joint brakes that joint's actuator alone, by kd.
+    Reading the wrong joints, mixing qpos and qvel addresses, or degrees and radians, fails here."""
+    pose_reachable = load_benchmark("pose_reachable")
+    h = pose_reachable.humanoid
+    env = h.CLIPHumanoidEnv((16, 16), textured=False, fast_render=True)
+    model, data = env.model, env.data
+    names = [model.actuator(i).name for i in range(model.nu)]
+    assert [model.joint(j).name for j in model.actuator_trnid[:, 0]] == names
+    for task in h.TASKS:  # set_pose leaves a knee the pose does not name at 0°, past its -2° limit, where the goal is
+        qpos, qvel, goal = pose_reachable.joint_targets(model, task)
+        joints, pitch = h.path_pose(task, 1.0)
+        h.set_pose(env, joints, pitch)
+        straight = [name.endswith("knee") and name not in joints for name in names]
+        expected = np.where(straight, 4.0 * np.radians(-2.0), 0.0)
+        assert pose_reachable.pd_action(data, qpos, qvel, goal, 4.0, 0.1) == pytest.approx(expected, abs=1e-6), task
+    qpos, qvel, goal = pose_reachable.joint_targets(model, "kneeling")  # its pose names every knee
+    h.set_pose(env, *h.path_pose("kneeling", 1.0))
+    data.qvel[model.joint("abdomen_y").dofadr[0]] = 1.0
+    action = pose_reachable.pd_action(data, qpos, qvel, goal, 4.0, 0.1)
+    assert action[names.index("abdomen_y")] == pytest.approx(-0.1)
+    assert np.abs(np.delete(action, names.index("abdomen_y"))).max() < 1e-9
+
+
 def test_pose_reachable_drives_the_joints_into_the_pose_and_zero_gains_do_nothing(capsys, monkeypatch):
     """benchmarks/pose_reachable.py: with no gains the controller's actions are zeros, so its in-pose flags are the
     zero-action rollout's, step for step; with gains it kneels for most of the episode from several start states
-    (zero actions: ~12%). A controller that drove the wrong joints, or pushed away from the pose (a sign), stays
-    near the zero-action figure; the table is printed from the rows."""
+    (zero actions: ~12%), and `--reward pose` pays it more per step. A controller that pushed away from the pose
+    (a sign) stays below the zero-action figure; the table is printed from the rows."""
     pose_reachable = load_benchmark("pose_reachable")
     h = pose_reachable.humanoid
     env = h.make_env(100, task="kneeling", fast_render=True)()
     env.reset(seed=5)
     zero = [env.step(np.zeros(17, np.float32))[1] for _ in range(100)]
-    assert pose_reachable.pd_episode(env, "kneeling", 0.0, 0.0, 1, seed=5).tolist() == zero
-    assert 0.0 < np.mean(zero) < 0.3
+    flags, zero_scores = pose_reachable.pd_episode(env, "kneeling", 0.0, 0.0, 1, seed=5)
+    assert flags.tolist() == zero and 0.0 < np.mean(zero) < 0.3
     for seed in (5, 6):
-        assert pose_reachable.pd_episode(env, "kneeling", 1.0, 0.05, 1, seed=seed).mean() > 0.6
-    monkeypatch.setattr(pose_reachable, "GAINS", [(0.0, 0.0, 1), (1.0, 0.05, 1)])
+        flags, scores = pose_reachable.pd_episode(env, "kneeling", 1.0, 0.05, 1, seed=seed)
+        assert flags.mean() > 0.6 and scores.mean() > zero_scores.mean() + 0.2
+    monkeypatch.setattr(pose_reachable, "GAINS", [(0.0, 0.0, 1), (1.0, 0.05, 1), (1.0, 0.05, 10)])
     [row] = pose_reachable.main(pose_reachable.Args(tasks=("kneeling",), episodes=2))
-    assert (row["kp"], row["gains_that_succeed"], row["success_rate"]) == (1.0, 1, 1.0)
-    assert "| `kneeling` | 1.0, 0.05, 1 |" in capsys.readouterr().out
+    assert row["gains_that_succeed"] == 2 and row["ramp_1"]["kp"] == 1.0 and row["ramp_1"]["success_rate"] == 1.0
+    assert f"| `kneeling` | {row['best']['kp']}, {row['best']['kd']}, {row['best']['ramp']} |" in capsys.readouterr().out
