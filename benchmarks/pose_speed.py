@@ -1,17 +1,20 @@
 """How fast `sac_clip_humanoid.py --reward pose` trains on a CPU, against the physics alone.
 
-    taskset -c 0 python benchmarks/pose_speed.py --json pose_speed.json
+    taskset -c 0 python benchmarks/pose_speed.py --json pose_speed.json     # ~3 minutes on this CPU: 3 repeats
 
-Measured back to back, on the threads given (`--threads`, one by default; pin the process to as many
+Measured back to back, `--repeats` times (the ratio of one repeat varies by ~25% on a shared machine), on the threads given (`--threads`, one by default; pin the process to as many
 cores, and run it on a quiet machine):
-- raw physics: gymnasium's Humanoid-v5 alone with random actions, one env (before, between and after the runs);
+- raw physics: gymnasium's Humanoid-v5 alone with random actions, one env (before, between and after each
+  repeat's runs; each repeat's ratio is against the median of its own three), twice: as gymnasium makes it (an
+  episode ends when the robot falls, ~24 steps with random actions) and with the pose run's episodes (no end on
+  falling, 100 steps), whose robot lies on the floor most of the time, where its contacts make each step dearer;
 - the training loop after learning starts, at the paper's update ratio (100 gradient steps of batch 512
   per 3,200 transitions, 32 envs): two runs that differ only in length, so that their difference in
   training time over their difference in steps is the marginal rate, without start-up, the random steps
   before learning starts or the evaluation;
 - one SAC update: its FLOPs (torch's FlopCounterMode), milliseconds and FLOP rate, against the rate of
   plain matrix products of the update's shapes on the same threads, and the steps/s bound the update's
-  FLOPs alone would set at that rate.
+  FLOPs alone would set at that rate, and with the physics of the pose run's episodes added.
 """
 
 import json
@@ -49,13 +52,17 @@ class Args:
     """updates per training phase (the paper's)"""
     updates: int = 30
     """SAC updates timed for the FLOP rate"""
+    repeats: int = 3
+    """times the raw physics and the two runs are measured, one after another"""
     json: str | None = None
     """write the figures to this JSON file"""
 
 
-def raw_physics(steps: int) -> float:
-    """Steps per second of gymnasium's Humanoid-v5 with random actions (one env, reset when it falls)."""
-    env = gym.make("Humanoid-v5")
+def raw_physics(steps: int, episode_length: int | None = None) -> float:
+    """Steps per second of gymnasium's Humanoid-v5 with random actions, one env: reset when it falls (gymnasium's
+    episode), or with `episode_length`, reset only after that many steps (the pose run's episode)."""
+    same_episodes = dict(terminate_when_unhealthy=False, max_episode_steps=episode_length) if episode_length else {}
+    env = gym.make("Humanoid-v5", **same_episodes)
     env.reset(seed=0)
     env.action_space.seed(0)
     start = time.perf_counter()
@@ -118,28 +125,53 @@ def update_figures(args: Args) -> dict:
 def main(args: Args) -> dict:
     if args.phases[0] < 1 or args.phases[1] <= args.phases[0]:  # both runs must train and evaluate, the long one longer
         raise SystemExit(f"error: --phases must be two counts 1 <= short < long, got {args.phases}.")
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}.")
     torch.set_num_threads(args.threads)
-    raw = [raw_physics(args.raw_steps)]  # before, between and after the runs: it varies by ~10% on a shared CPU
-    with tempfile.TemporaryDirectory() as folder:
-        short_steps, short_seconds = training_seconds(args, args.phases[0], folder)
-        raw.append(raw_physics(args.raw_steps))
-        long_steps, long_seconds = training_seconds(args, args.phases[1], folder)
-    raw.append(raw_physics(args.raw_steps))
-    pose_sps = (long_steps - short_steps) / (long_seconds - short_seconds)
-    figures = dict(settings=asdict(args), torch_threads=torch.get_num_threads(), raw_sps=raw,
-                   pose_sps_after_learning_starts=pose_sps, pose_over_raw=pose_sps / np.median(raw),
-                   **update_figures(args))
+    episode_length = humanoid.Args().episode_length
+    physics = lambda: (raw_physics(args.raw_steps), raw_physics(args.raw_steps, episode_length))  # noqa: E731
+    raws, raws_same, rates = [], [], []
+    for _ in range(args.repeats):
+        raw = [physics()]  # before, between and after the runs: it varies by ~10% on a shared CPU
+        with tempfile.TemporaryDirectory() as folder:
+            short_steps, short_seconds = training_seconds(args, args.phases[0], folder)
+            raw.append(physics())
+            long_steps, long_seconds = training_seconds(args, args.phases[1], folder)
+        raw.append(physics())
+        raws.append([r[0] for r in raw])
+        raws_same.append([r[1] for r in raw])
+        rates.append((long_steps - short_steps) / (long_seconds - short_seconds))
+    ratios = [rate / np.median(raw) for rate, raw in zip(rates, raws)]
+    ratios_same = [rate / np.median(raw) for rate, raw in zip(rates, raws_same)]
+    pose_sps = float(np.median(rates))
+    figures = dict(settings=asdict(args), torch_threads=torch.get_num_threads(), raw_sps=raws,
+                   raw_same_episodes_sps=raws_same, pose_sps_each=rates, pose_sps_after_learning_starts=pose_sps,
+                   pose_over_raw_each=ratios, pose_over_raw=float(np.median(ratios)),
+                   pose_over_raw_same_episodes=float(np.median(ratios_same)), **update_figures(args))
     figures["pose_over_update_bound"] = pose_sps / figures["update_bound_sps"]
+    # What no loop could beat: each transition's share of an update at the products' rate plus its physics.
+    figures["update_and_physics_bound_sps"] = 1 / (1 / figures["update_bound_sps"] + 1 / np.median(raws_same))
+    figures["pose_over_update_and_physics_bound"] = pose_sps / figures["update_and_physics_bound_sps"]
     print("| figure | value |\n|---|---|")
     for label, value in [
-            ("raw Humanoid-v5, steps/s (before, between, after the runs)", ", ".join(f"{v:.0f}" for v in raw)),
-            ("`--reward pose` after learning starts, steps/s", f"{pose_sps:.0f}"),
-            ("pose run / raw physics (its median)", f"{figures['pose_over_raw']:.0%}"),
+            ("raw Humanoid-v5, steps/s (before, between, after the runs; a repeat a group)",
+             "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws)),
+            ("`--reward pose` after learning starts, steps/s (each repeat)", ", ".join(f"{v:.0f}" for v in rates)),
+            ("pose run / raw physics (the median of its repeat's three), each repeat",
+             ", ".join(f"{v:.0%}" for v in ratios)),
+            ("pose run / raw physics: median of the repeats, lowest", f"{np.median(ratios):.0%}, {min(ratios):.0%}"),
+            ("raw Humanoid-v5 with the pose run's episodes (100 steps, no end on falling), steps/s",
+             "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws_same)),
+            ("pose run / that physics: median of the repeats, lowest",
+             f"{np.median(ratios_same):.0%}, {min(ratios_same):.0%}"),
             ("SAC update (batch 512): GFLOP, ms", f"{figures['update_gflop']:.2f}, {figures['update_ms']:.1f}"),
             ("update GFLOP/s, matrix products' GFLOP/s", f"{figures['update_gflops_per_s']:.0f}, "
                                                          f"{figures['matmul_gflops_per_s']:.0f}"),
             ("steps/s bound of the update's FLOPs at the products' rate", f"{figures['update_bound_sps']:.0f}"),
-            ("pose run / that bound", f"{figures['pose_over_update_bound']:.0%}")]:
+            ("pose run / that bound", f"{figures['pose_over_update_bound']:.0%}"),
+            ("steps/s bound of the update's FLOPs and the pose run's physics together",
+             f"{figures['update_and_physics_bound_sps']:.0f}"),
+            ("pose run / that bound", f"{figures['pose_over_update_and_physics_bound']:.0%}")]:
         print(f"| {label} | {value} |")
     if args.json:
         with open(args.json, "w") as f:

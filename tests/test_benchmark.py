@@ -160,14 +160,25 @@ def test_pose_speed_reports_the_marginal_rate_and_the_update_bound(tmp_path):
     """benchmarks/pose_speed.py, tiny: two runs that differ in length give the marginal rate; the update's FLOPs
     are the SAC update's of the paper's sizes (batch 512, 2 x 256: ~2.3 GFLOP counted with torch's counter)."""
     pose_speed = load_benchmark("pose_speed")
-    figures = pose_speed.main(pose_speed.Args(raw_steps=50, learning_starts=64, phases=(1, 2), updates=1,
+    figures = pose_speed.main(pose_speed.Args(raw_steps=50, learning_starts=64, phases=(1, 2), updates=1, repeats=2,
                                               train_frequency=320, gradient_steps=10, json=str(tmp_path / "speed.json")))
     # Rates, not times, are checked: the marginal rate of so short a run is noise (a busy core can even make it negative).
-    assert len(figures["raw_sps"]) == 3 and min(figures["raw_sps"]) > 0
-    assert math.isfinite(figures["pose_sps_after_learning_starts"])
+    assert len(figures["raw_sps"]) == 2 and all(len(raw) == 3 and min(raw) > 0 for raw in figures["raw_sps"])
+    assert len(figures["pose_sps_each"]) == 2 and all(math.isfinite(rate) for rate in figures["pose_sps_each"])
+    # Each repeat's ratio is against its own raw physics, the headline is their median.
+    assert figures["pose_over_raw_each"] == pytest.approx(
+        [rate / np.median(raw) for rate, raw in zip(figures["pose_sps_each"], figures["raw_sps"])])
+    assert figures["pose_over_raw"] == pytest.approx(np.median(figures["pose_over_raw_each"]))
+    assert all(len(raw) == 3 and min(raw) > 0 for raw in figures["raw_same_episodes_sps"])
+    assert figures["pose_over_raw_same_episodes"] == pytest.approx(np.median(
+        [rate / np.median(raw) for rate, raw in zip(figures["pose_sps_each"], figures["raw_same_episodes_sps"])]))
+    assert figures["pose_sps_after_learning_starts"] == pytest.approx(np.median(figures["pose_sps_each"]))
     assert 1.5 < figures["update_gflop"] < 3.5 and figures["matmul_gflops_per_s"] > 0
     # The bound: the transitions of one update (320 / 10) in the time its FLOPs take at the products' rate.
     assert figures["update_bound_sps"] == pytest.approx(32 * figures["matmul_gflops_per_s"] / figures["update_gflop"])
+    # Adding the physics: per transition, an update's share and a step of the pose run's episodes, in turn.
+    physics = np.median(figures["raw_same_episodes_sps"])
+    assert figures["update_and_physics_bound_sps"] == pytest.approx(1 / (1 / figures["update_bound_sps"] + 1 / physics))
     assert json.loads((tmp_path / "speed.json").read_text())["torch_threads"] == 1
 
 
