@@ -1,8 +1,9 @@
 """How fast `sac_clip_humanoid.py --reward pose` trains on a CPU, against the physics alone.
 
-    taskset -c 0 python benchmarks/pose_speed.py --json pose_speed.json     # ~3 minutes on this CPU: 3 repeats
+    taskset -c 0 python benchmarks/pose_speed.py --json pose_speed.json     # ~4 minutes: 3 repeats
 
-Measured back to back, `--repeats` times (the ratio of one repeat varies by ~25% on a shared machine), on the threads given (`--threads`, one by default; pin the process to as many
+Measured back to back, `--repeats` times (the ratio of one repeat varies by up to ~25% on a shared machine),
+on the threads given (`--threads`, one by default; pin the process to as many
 cores, and run it on a quiet machine):
 - raw physics: gymnasium's Humanoid-v5 alone with random actions, one env (before, between and after each
   repeat's runs; each repeat's ratio is against the median of its own three), twice: as gymnasium makes it (an
@@ -58,21 +59,22 @@ class Args:
     """write the figures to this JSON file"""
 
 
-def raw_physics(steps: int, episode_length: int | None = None) -> float:
-    """Steps per second of gymnasium's Humanoid-v5 with random actions, one env: reset when it falls (gymnasium's
-    episode), or with `episode_length`, reset only after that many steps (the pose run's episode)."""
+def raw_physics(steps: int, episode_length: int | None = None) -> tuple[float, int]:
+    """(steps per second, episodes ended) of gymnasium's Humanoid-v5 with random actions, one env: reset when it
+    falls (gymnasium's episode), or with `episode_length`, reset only after that many steps (the pose run's)."""
     same_episodes = dict(terminate_when_unhealthy=False, max_episode_steps=episode_length) if episode_length else {}
     env = gym.make("Humanoid-v5", **same_episodes)
     env.reset(seed=0)
     env.action_space.seed(0)
-    start = time.perf_counter()
+    start, episodes = time.perf_counter(), 0
     for _ in range(steps):
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
         if terminated or truncated:
             env.reset()
+            episodes += 1
     seconds = time.perf_counter() - start
     env.close()
-    return steps / seconds
+    return steps / seconds, episodes
 
 
 def training_seconds(args: Args, phases: int, folder: str) -> tuple[int, float]:
@@ -129,10 +131,10 @@ def main(args: Args) -> dict:
         raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}.")
     torch.set_num_threads(args.threads)
     episode_length = humanoid.Args().episode_length
-    physics = lambda: (raw_physics(args.raw_steps), raw_physics(args.raw_steps, episode_length))  # noqa: E731
+    physics = lambda: (raw_physics(args.raw_steps)[0], raw_physics(args.raw_steps, episode_length)[0])  # noqa: E731
     raws, raws_same, rates = [], [], []
     for _ in range(args.repeats):
-        raw = [physics()]  # before, between and after the runs: it varies by ~10% on a shared CPU
+        raw = [physics()]  # before, between and after the runs: it varies by ~10-20% on a shared CPU
         with tempfile.TemporaryDirectory() as folder:
             short_steps, short_seconds = training_seconds(args, args.phases[0], folder)
             raw.append(physics())
@@ -158,18 +160,18 @@ def main(args: Args) -> dict:
              "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws)),
             ("`--reward pose` after learning starts, steps/s (each repeat)", ", ".join(f"{v:.0f}" for v in rates)),
             ("pose run / raw physics (the median of its repeat's three), each repeat",
-             ", ".join(f"{v:.0%}" for v in ratios)),
-            ("pose run / raw physics: median of the repeats, lowest", f"{np.median(ratios):.0%}, {min(ratios):.0%}"),
+             ", ".join(f"{v:.1%}" for v in ratios)),
+            ("pose run / raw physics: median of the repeats, lowest", f"{np.median(ratios):.1%}, {min(ratios):.1%}"),
             ("raw Humanoid-v5 with the pose run's episodes (100 steps, no end on falling), steps/s",
              "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws_same)),
             ("pose run / that physics: median of the repeats, lowest",
-             f"{np.median(ratios_same):.0%}, {min(ratios_same):.0%}"),
+             f"{np.median(ratios_same):.1%}, {min(ratios_same):.1%}"),
             ("SAC update (batch 512): GFLOP, ms", f"{figures['update_gflop']:.2f}, {figures['update_ms']:.1f}"),
             ("update GFLOP/s, matrix products' GFLOP/s", f"{figures['update_gflops_per_s']:.0f}, "
                                                          f"{figures['matmul_gflops_per_s']:.0f}"),
             ("steps/s bound of the update's FLOPs at the products' rate", f"{figures['update_bound_sps']:.0f}"),
             ("pose run / that bound", f"{figures['pose_over_update_bound']:.0%}"),
-            ("steps/s bound of the update's FLOPs and the pose run's physics together",
+            ("steps/s bound of the update's FLOPs and the pose run's physics (median of all) together",
              f"{figures['update_and_physics_bound_sps']:.0f}"),
             ("pose run / that bound", f"{figures['pose_over_update_and_physics_bound']:.0%}")]:
         print(f"| {label} | {value} |")

@@ -180,6 +180,12 @@ def test_pose_speed_reports_the_marginal_rate_and_the_update_bound(tmp_path):
     physics = np.median(figures["raw_same_episodes_sps"])
     assert figures["update_and_physics_bound_sps"] == pytest.approx(1 / (1 / figures["update_bound_sps"] + 1 / physics))
     assert json.loads((tmp_path / "speed.json").read_text())["torch_threads"] == 1
+    assert figures["pose_over_update_and_physics_bound"] == pytest.approx(
+        figures["pose_sps_after_learning_starts"] / figures["update_and_physics_bound_sps"])
+    # The second physics reference runs the pose run's episodes: 100 steps each, whether the robot falls or not;
+    # gymnasium's ends one whenever it falls (~24 steps with random actions).
+    assert pose_speed.raw_physics(250, episode_length=100)[1] == 2
+    assert pose_speed.raw_physics(250)[1] >= 5
 
 
 def test_clip_cpu_pipeline_compares_the_scripts_with_the_authors_pipeline(tiny_clip, tmp_path, monkeypatch):
