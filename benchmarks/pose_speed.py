@@ -132,38 +132,36 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     episode_length = humanoid.Args().episode_length
     physics = lambda: (raw_physics(args.raw_steps)[0], raw_physics(args.raw_steps, episode_length)[0])  # noqa: E731
-    raws, raws_same, rates = [], [], []
+    measured, rates = [], []  # per repeat: physics before, between and after its runs (each a pair: both episodes)
     for _ in range(args.repeats):
-        raw = [physics()]  # before, between and after the runs: it varies by ~10-20% on a shared CPU
+        before = physics()  # measured around the runs: it varies by ~10-20% on a shared CPU
         with tempfile.TemporaryDirectory() as folder:
             short_steps, short_seconds = training_seconds(args, args.phases[0], folder)
-            raw.append(physics())
+            between = physics()
             long_steps, long_seconds = training_seconds(args, args.phases[1], folder)
-        raw.append(physics())
-        raws.append([r[0] for r in raw])
-        raws_same.append([r[1] for r in raw])
+        measured.append((before, between, physics()))
         rates.append((long_steps - short_steps) / (long_seconds - short_seconds))
-    ratios = [rate / np.median(raw) for rate, raw in zip(rates, raws)]
-    ratios_same = [rate / np.median(raw) for rate, raw in zip(rates, raws_same)]
+    raws, raws_same = ([[pair[i] for pair in repeat] for repeat in measured] for i in (0, 1))
+    each_ratio = lambda physics: [rate / np.median(raw) for rate, raw in zip(rates, physics)]  # noqa: E731
+    ratios, ratios_same = each_ratio(raws), each_ratio(raws_same)
     pose_sps = float(np.median(rates))
     figures = dict(settings=asdict(args), torch_threads=torch.get_num_threads(), raw_sps=raws,
                    raw_same_episodes_sps=raws_same, pose_sps_each=rates, pose_sps_after_learning_starts=pose_sps,
                    pose_over_raw_each=ratios, pose_over_raw=float(np.median(ratios)),
                    pose_over_raw_same_episodes=float(np.median(ratios_same)), **update_figures(args))
     figures["pose_over_update_bound"] = pose_sps / figures["update_bound_sps"]
-    # What no loop could beat: each transition's share of an update at the products' rate plus its physics.
+    # A loop that paid only these: each transition's share of an update at the products' rate, and its physics.
     figures["update_and_physics_bound_sps"] = 1 / (1 / figures["update_bound_sps"] + 1 / np.median(raws_same))
     figures["pose_over_update_and_physics_bound"] = pose_sps / figures["update_and_physics_bound_sps"]
+    groups = lambda physics: "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in physics)  # noqa: E731
     print("| figure | value |\n|---|---|")
     for label, value in [
-            ("raw Humanoid-v5, steps/s (before, between, after the runs; a repeat a group)",
-             "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws)),
+            ("raw Humanoid-v5, steps/s (before, between, after the runs; a repeat a group)", groups(raws)),
             ("`--reward pose` after learning starts, steps/s (each repeat)", ", ".join(f"{v:.0f}" for v in rates)),
             ("pose run / raw physics (the median of its repeat's three), each repeat",
              ", ".join(f"{v:.1%}" for v in ratios)),
             ("pose run / raw physics: median of the repeats, lowest", f"{np.median(ratios):.1%}, {min(ratios):.1%}"),
-            ("raw Humanoid-v5 with the pose run's episodes (100 steps, no end on falling), steps/s",
-             "; ".join(", ".join(f"{v:.0f}" for v in raw) for raw in raws_same)),
+            ("raw Humanoid-v5 with the pose run's episodes (100 steps, no end on falling), steps/s", groups(raws_same)),
             ("pose run / that physics: median of the repeats, lowest",
              f"{np.median(ratios_same):.1%}, {min(ratios_same):.1%}"),
             ("SAC update (batch 512): GFLOP, ms", f"{figures['update_gflop']:.2f}, {figures['update_ms']:.1f}"),
